@@ -45,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     plugins = sub.add_parser("plugins", help="list the plugins a run registers, with distribution, version and hooks")
     plugins.set_defaults(func=_plugins)
-    demo = sub.add_parser("demo", help="train the PyTorch TensorBoard tutorial's network with every plugin", add_help=False)
+    demo = sub.add_parser(
+        "demo", help="train the PyTorch TensorBoard tutorial's network with every plugin", add_help=False
+    )
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)

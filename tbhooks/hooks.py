@@ -173,7 +173,9 @@ class Hooks:
         )
         self._measure = measure_overhead
         rank, world_size = distributed_rank()
-        writer = open_writer(path, rank=rank, flush_secs=float(flush_secs), purge_step=start_step + 1 if start_step else None)
+        writer = open_writer(
+            path, rank=rank, flush_secs=float(flush_secs), purge_step=start_step + 1 if start_step else None
+        )
         self.run = Run(
             writer=writer,
             logdir=path,
@@ -291,7 +293,9 @@ class Hooks:
         """Fire ``on_epoch_end`` with the epoch's mean training loss, then flush."""
         metrics: dict[str, float] = {}
         if self._epoch_loss is not None:
-            total = torch.stack([self._epoch_loss.float(), torch.tensor(float(self._epoch_batches), device=self._epoch_loss.device)])
+            total = torch.stack(
+                [self._epoch_loss.float(), torch.tensor(float(self._epoch_batches), device=self._epoch_loss.device)]
+            )
             total = self._all_reduce(total)
             metrics["loss"] = float(total[0] / total[1])
             self.check_finite("train/epoch_loss", metrics["loss"])
@@ -481,7 +485,9 @@ class _EvalState:
             run.warn_once("empty-eval", "tbhooks: the evaluation saw no batch (empty loader?); nothing evaluated")
             return torch.empty(0), torch.empty(0, dtype=torch.long), {}
         outputs = run.gather(torch.cat([o if o.ndim else o.reshape(1) for o in self.outputs]))
-        targets: Any = run.gather(torch.cat(self.targets)) if self.targets and not self.other_targets else self.other_targets
+        targets: Any = (
+            run.gather(torch.cat(self.targets)) if self.targets and not self.other_targets else self.other_targets
+        )
         metrics: dict[str, float] = {}
         if self.loss_sum is not None:
             device = self.loss_sum.device

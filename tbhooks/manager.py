@@ -167,9 +167,7 @@ def make_plugin_manager(
             )
         pm.register(loaded, name=ep.name)
         dist = ep.dist
-        sources[ep.name] = PluginSource(
-            "entrypoint", dist.name if dist else "?", dist.version if dist else "?"
-        )
+        sources[ep.name] = PluginSource("entrypoint", dist.name if dist else "?", dist.version if dist else "?")
 
     seen: set[str] = set()
     for plugin, name in zip(plugins, user_names, strict=True):
@@ -315,9 +313,7 @@ class PluginHost:
 
     def fault_summary(self) -> str:
         """One line per disabled plugin, for the end of a fit ('' when none)."""
-        return "\n".join(
-            f"  {f.plugin}: {f.hook}: {type(f.error).__name__}: {f.error}" for f in self.faults.values()
-        )
+        return "\n".join(f"  {f.plugin}: {f.hook}: {type(f.error).__name__}: {f.error}" for f in self.faults.values())
 
     def _tracer(self) -> tuple[Callable[..., None], Callable[..., None]]:
         starts: list[float] = []

@@ -228,7 +228,9 @@ class Trainer:
             torch.distributed.destroy_process_group()
             self._owns_process_group = False
 
-    def fit(self, train_loader: Iterable[Any], epochs: int, eval_loader: Iterable[Any] | None = None) -> dict[str, float]:
+    def fit(
+        self, train_loader: Iterable[Any], epochs: int, eval_loader: Iterable[Any] | None = None
+    ) -> dict[str, float]:
         """Train for ``epochs`` more epochs, evaluating on ``eval_loader`` after each.
 
         Returns the last evaluation's metrics (empty without ``eval_loader``).
@@ -270,7 +272,10 @@ class Trainer:
             return loader, None
         shuffle = isinstance(loader.sampler, torch.utils.data.RandomSampler)
         sampler = torch.utils.data.DistributedSampler(
-            loader.dataset, num_replicas=world_size, rank=rank, shuffle=shuffle  # type: ignore[arg-type]
+            loader.dataset,
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,  # type: ignore[arg-type]
         )
         return _reloader(loader, sampler), sampler
 
