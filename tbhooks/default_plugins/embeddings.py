@@ -1,0 +1,7 @@
+"""Placeholder for the embeddings plugin (being written)."""
+
+from __future__ import annotations
+
+
+class Embeddings:
+    name = "embeddings"

@@ -1,0 +1,7 @@
+"""Placeholder for the hparams plugin (being written)."""
+
+from __future__ import annotations
+
+
+class HParams:
+    name = "hparams"
