@@ -8,7 +8,10 @@ manager, and nothing is loaded at import time).  It registers, in this order:
 3. the built-in plugins, imported by dotted name (those a user plugin object
    replaces by carrying the same name are skipped);
 4. the plugins of the ``tbhooks`` entry-point group of installed
-   distributions, unless ``autoload=False`` or ``TBHOOKS_DISABLE_PLUGIN_AUTOLOAD=1``;
+   distributions, unless ``autoload=False`` or ``TBHOOKS_DISABLE_PLUGIN_AUTOLOAD=1``.
+   An entry point names a module or an instance (registered as is) or a
+   function without arguments that returns a plugin (called once per run, so
+   runs never share a plugin's state);
 5. the plugin objects the user passed;
 
 and ends with ``check_pending()``, so a misspelled hook fails before training.
@@ -21,6 +24,7 @@ re-raises instead).
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 import time
@@ -162,9 +166,12 @@ def make_plugin_manager(
         loaded = ep.load()
         if isinstance(loaded, type):
             raise TypeError(
-                f"entry point {ep.name!r} = {ep.value!r} points at a class; "
-                f"point it at a module or an instance (pluggy registers what it loads)"
+                f"entry point {ep.name!r} = {ep.value!r} points at a class; point it at a module, "
+                f"an instance, or a function that returns a new instance (pluggy registers what it loads)"
             )
+        if inspect.isfunction(loaded):
+            # A factory: called once per run, so two runs in one process never share plugin state.
+            loaded = loaded()
         pm.register(loaded, name=ep.name)
         dist = ep.dist
         sources[ep.name] = PluginSource("entrypoint", dist.name if dist else "?", dist.version if dist else "?")
