@@ -20,7 +20,7 @@ table, and ``tests/test_lifecycle.py`` checks the order against it)::
         on_eval_batch_end            (once per evaluation batch)
         on_eval
     on_fit_end                       (only when fit completes, or stops early)
-    on_exception                     (instead of on_fit_end, when fit raises)
+    on_exception                     (in its place, when fit raises)
 
 The names are stable: new arguments may be added to an event, none is ever
 renamed or removed, so a plugin written today keeps working.

@@ -133,9 +133,12 @@ def make_plugin_manager(
         autoload = not env_flag("TBHOOKS_DISABLE_PLUGIN_AUTOLOAD")
     blocked = [*disable, *env_list("TBHOOKS_DISABLE_PLUGINS")]
 
-    eps = list(entry_points(group=NAME)) if autoload else []
+    installed = list(entry_points(group=NAME))
+    eps = installed if autoload else []
     user_names = [plugin_name(p) for p in plugins]
-    known = sorted({*BUILTIN_PLUGINS, *(ep.name for ep in eps), *user_names})
+    # Installed entry points count as known even with autoload off, so a shared
+    # TBHOOKS_DISABLE_PLUGINS setting stays valid for runs that do not autoload.
+    known = sorted({*BUILTIN_PLUGINS, *(ep.name for ep in installed), *user_names})
     unknown = [name for name in blocked if name not in known]
     if unknown:
         raise ValueError(

@@ -1,0 +1,137 @@
+"""Image helpers shared by the ``images`` and ``embeddings`` plugins.
+
+Everything here runs on the tensor's own device and never reads a value
+back, so the plugins decide when a device synchronisation happens (only on
+the steps they log).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from tbhooks.run import Run
+
+SPRITE_MAX_PX = 8192
+"""The largest sprite side TensorBoard's projector loads (a WebGL texture limit)."""
+
+
+def check_floats(plugin: str, option: str, value: Any, *, positive: bool = False) -> tuple[float, ...] | None:
+    """``value`` as a tuple of floats (one per channel), or ``None``.
+
+    Raises a ``TypeError`` naming ``plugin(option=)`` for anything but
+    ``None`` or a non-empty sequence of real numbers, and a ``ValueError``
+    for non-finite numbers or, with ``positive``, numbers <= 0.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"{plugin}({option}=...) expects a sequence of per-channel floats or None, got {type(value).__name__}"
+        )
+    if not value:
+        raise ValueError(f"{plugin}({option}=...) expects at least one value, got an empty sequence")
+    numbers: list[float] = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise TypeError(f"{plugin}({option}=...) expects numbers, got {type(item).__name__} {item!r}")
+        number = float(item)
+        if not math.isfinite(number) or (positive and number <= 0):
+            wanted = "finite numbers > 0" if positive else "finite numbers"
+            raise ValueError(f"{plugin}({option}=...) expects {wanted}, got {item!r}")
+        numbers.append(number)
+    return tuple(numbers)
+
+
+def image_batch(value: Any) -> torch.Tensor | None:
+    """``value`` as an ``[N, C, H, W]`` image batch (a view, no copy), or ``None``.
+
+    Accepted: ``[N, C, H, W]`` with 1 or 3 channels and ``[N, H, W]`` (one
+    channel), float or uint8, with at least one image.  Dicts, tuples,
+    feature vectors ``[N, D]``, integer tokens and other channel counts are
+    not images.  Only shapes and dtypes are read: no device sync.
+    """
+    if not isinstance(value, torch.Tensor) or value.shape[0:1] == (0,) or value.numel() == 0:
+        return None
+    if not (value.is_floating_point() or value.dtype == torch.uint8):
+        return None
+    if value.ndim == 3:
+        value = value.unsqueeze(1)
+    if value.ndim != 4 or value.shape[1] not in (1, 3):
+        return None
+    return value
+
+
+def to_unit(
+    images: torch.Tensor,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    *,
+    run: Run,
+    who: str,
+) -> torch.Tensor:
+    """``images`` (``[N, C, H, W]``) as float32 in ``[0, 1]``, on their device.
+
+    uint8 images are divided by 255 (``mean``/``std`` are ignored: they
+    describe float inputs).  Float images are un-normalised with
+    ``x * std + mean`` per channel, then clamped.  A ``mean``/``std`` whose
+    length is neither 1 nor the channel count is ignored, with one warning.
+    """
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    out = images.float()
+    channels = images.shape[1]
+    if mean is not None or std is not None:
+        mean_ = mean or (0.0,)
+        std_ = std or (1.0,)
+        if all(len(v) in (1, channels) for v in (mean_, std_)):
+            shape = (1, -1, 1, 1)
+            s = torch.tensor(std_, dtype=out.dtype, device=out.device).reshape(shape)
+            m = torch.tensor(mean_, dtype=out.dtype, device=out.device).reshape(shape)
+            out = out * s + m
+        else:
+            run.warn_once(
+                f"{who}:mean-std-channels",
+                f"tbhooks: {who}: mean={mean} / std={std} do not match images with {channels} channel(s); "
+                f"images are shown without un-normalising",
+            )
+    return out.clamp(0.0, 1.0)
+
+
+def to_uint8(unit: torch.Tensor) -> torch.Tensor:
+    """Float images in ``[0, 1]`` as uint8 ``[0, 255]``, rounded to the nearest level."""
+    return (unit * 255.0).round().to(torch.uint8)
+
+
+def thumbnail_side(count: int, side: int, limit: int = SPRITE_MAX_PX) -> int:
+    """The side of square thumbnails so that a sprite of ``count`` of them fits in ``limit`` pixels.
+
+    The projector arranges a sprite as ``ceil(sqrt(count))`` thumbnails a
+    row; ``side`` is returned unchanged when that fits, else the largest side
+    that does (at least 1).
+    """
+    per_row = max(1, math.ceil(math.sqrt(count)))
+    return max(1, min(side, limit // per_row))
+
+
+def square_thumbnails(images: torch.Tensor, side: int) -> torch.Tensor:
+    """``[N, C, H, W]`` images in ``[0, 1]`` as square ``[N, C, side, side]`` thumbnails.
+
+    Non-square images are padded (black) to a square first, because the
+    projector's sprite layout assumes square cells; larger ones are then
+    downscaled with antialiasing.
+    """
+    height, width = images.shape[-2:]
+    if height != width:
+        size = max(height, width)
+        top, left = (size - height) // 2, (size - width) // 2
+        images = torch.nn.functional.pad(images, (left, size - width - left, top, size - height - top))
+    if images.shape[-1] != side:
+        images = torch.nn.functional.interpolate(
+            images, size=(side, side), mode="bilinear", align_corners=False, antialias=True
+        ).clamp(0.0, 1.0)
+    return images

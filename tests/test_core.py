@@ -1,0 +1,158 @@
+"""The core: events reach plugins with the documented arguments, and scalars are read back exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _support import classification_data, loader, mlp
+from torch import nn
+
+import tbhooks
+from tbhooks.default_plugins.scalars import Scalars
+from tbhooks.testing import read_events
+
+QUIET = ["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"]
+
+
+class LossProbe:
+    """Keeps every batch loss it is handed (reading them is fine in a test)."""
+
+    name = "loss_probe"
+
+    def __init__(self) -> None:
+        self.losses: list[tuple[int, float]] = []
+
+    @tbhooks.hookimpl
+    def on_batch_end(self, step, loss):
+        self.losses.append((step, float(loss)))
+
+
+def test_running_loss_is_the_mean_of_the_interval(tmp_path):
+    probe = LossProbe()
+    model = mlp()
+    trainer = tbhooks.Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.functional.cross_entropy,
+        logdir=tmp_path,
+        plugins=[probe, Scalars(every_n_steps=4)],
+        disable=QUIET,
+        autoload=False,
+    )
+    trainer.fit(loader(classification_data(n=80)), epochs=2)  # 10 batches an epoch
+
+    events = read_events(tmp_path)
+    # Every 4 steps, plus the partial interval at each epoch end (steps 10 and 20).
+    assert events.steps("train/loss") == [4, 8, 10, 12, 16, 20]
+    losses = dict(probe.losses)
+    bounds = [(1, 4), (5, 8), (9, 10), (11, 12), (13, 16), (17, 20)]
+    expected = [sum(losses[s] for s in range(a, b + 1)) / (b - a + 1) for a, b in bounds]
+    assert events.values("train/loss") == pytest.approx(expected, rel=1e-5)
+    epoch_means = [sum(losses[s] for s in range(1, 11)) / 10, sum(losses[s] for s in range(11, 21)) / 10]
+    assert events.steps("train/epoch_loss") == [10, 20]
+    assert events.values("train/epoch_loss") == pytest.approx(epoch_means, rel=1e-5)
+    assert events.values("train/lr") == pytest.approx([0.1] * 6)
+
+
+def test_eval_metrics_are_computed_over_the_whole_set(tmp_path):
+    data = classification_data(n=30)
+    model = mlp()
+    trainer = tbhooks.Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.functional.cross_entropy,
+        logdir=tmp_path,
+        disable=QUIET,
+        autoload=False,
+    )
+    metrics = trainer.fit(loader(data), epochs=1, eval_loader=loader(data, batch_size=7))
+    with torch.no_grad():
+        logits = model(data.tensors[0])
+    accuracy = (logits.argmax(1) == data.tensors[1]).float().mean().item()
+    loss = nn.functional.cross_entropy(logits, data.tensors[1]).item()
+    assert metrics == pytest.approx({"loss": loss, "accuracy": accuracy}, rel=1e-5)
+    events = read_events(tmp_path)
+    assert events.values("eval/accuracy") == pytest.approx([accuracy])
+    assert events.values("eval/loss") == pytest.approx([loss], rel=1e-5)
+    assert events.steps("eval/loss") == [4]  # 30 samples in batches of 8: the eval belongs to step 4
+
+
+def test_param_groups_get_one_lr_tag_each(tmp_path):
+    model = mlp()
+    optimizer = torch.optim.SGD(
+        [{"params": model[0].parameters(), "lr": 0.1}, {"params": model[2].parameters(), "lr": 0.01}]
+    )
+    trainer = tbhooks.Trainer(
+        model, optimizer, nn.functional.cross_entropy, logdir=tmp_path, disable=QUIET, autoload=False
+    )
+    trainer.fit(loader(classification_data()), epochs=1)
+    events = read_events(tmp_path)
+    assert events.values("train/lr/group0") == pytest.approx([0.1])
+    assert events.values("train/lr/group1") == pytest.approx([0.01])
+
+
+def test_tuple_and_dict_outputs_pick_the_prediction(tmp_path):
+    class TwoHeads(nn.Module):
+        def __init__(self, as_dict: bool) -> None:
+            super().__init__()
+            self.body = mlp()
+            self.as_dict = as_dict
+
+        def forward(self, x):
+            logits = self.body(x)
+            return {"aux": logits.sum(1), "scores": logits} if self.as_dict else (logits, logits.sum(1))
+
+    data = classification_data()
+    for as_dict, output in ((False, None), (True, "scores")):
+        model = TwoHeads(as_dict)
+        trainer = tbhooks.Trainer(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            nn.functional.cross_entropy,
+            logdir=tmp_path / str(as_dict),
+            output=output,
+            disable=QUIET,
+            autoload=False,
+        )
+        metrics = trainer.fit(loader(data), epochs=1, eval_loader=loader(data))
+        assert set(metrics) == {"loss", "accuracy"}
+
+
+def test_dict_outputs_without_a_key_say_how_to_choose(tmp_path):
+    class DictModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = mlp()
+
+        def forward(self, x):
+            return {"scores": self.body(x)}
+
+    model = DictModel()
+    trainer = tbhooks.Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.functional.cross_entropy,
+        logdir=tmp_path,
+        disable=QUIET,
+        autoload=False,
+    )
+    with pytest.raises(KeyError, match="output='<key>'"):
+        trainer.fit(loader(classification_data()), epochs=1)
+
+
+def test_trace_prints_each_hook_call(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TBHOOKS_TRACE", "1")
+    model = mlp()
+    with tbhooks.attach(model, logdir=tmp_path, disable=QUIET, autoload=False) as hooks:
+        hooks.epoch_start()
+        hooks.batch_end(torch.zeros(2, 6), torch.zeros(2, dtype=torch.long), model(torch.zeros(2, 6)))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tbhooks trace:")]
+    assert [line.split()[2] for line in lines] == [
+        "on_fit_start",
+        "on_capture_request",
+        "on_epoch_start",
+        "on_batch_end",
+        "on_fit_end",
+    ]
+    assert "step=1" in lines[3] and "us [" in lines[3]

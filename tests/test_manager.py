@@ -1,0 +1,175 @@
+"""The plugin manager: built-ins, entry points of real distributions, blocking, and clear errors."""
+
+from __future__ import annotations
+
+import textwrap
+from importlib.metadata import distribution
+
+import pluggy
+import pytest
+import torch
+from _support import mlp
+
+import tbhooks
+from tbhooks.default_plugins.histograms import Histograms
+from tbhooks.default_plugins.scalars import Scalars
+from tbhooks.manager import BUILTIN_PLUGINS, make_plugin_manager
+
+
+def install_fake_dist(tmp_path, monkeypatch, name: str, entry: str, source: str) -> None:
+    """Lay out a real distribution (dist-info with METADATA and entry_points.txt) on sys.path.
+
+    importlib.metadata discovers it exactly as it discovers a pip-installed one.
+    """
+    module = name.replace("-", "_")
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+    info = tmp_path / f"{module}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[tbhooks]\n{entry} = {module}{source and ''}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_builtins_are_registered_by_name():
+    pm, sources = make_plugin_manager(autoload=False)
+    assert [name for name, _ in pm.list_name_plugin()] == list(BUILTIN_PLUGINS)
+    assert {s.origin for s in sources.values()} == {"builtin"}
+
+
+def test_installed_distribution_is_discovered_through_its_entry_point():
+    # tbhooks-example is installed from plugins/ by the Makefile, as a user would pip install it.
+    dist = distribution("tbhooks-example")
+    assert any(ep.group == "tbhooks" for ep in dist.entry_points)
+    pm, sources = make_plugin_manager()
+    assert pm.has_plugin("example")
+    assert sources["example"].origin == "entrypoint"
+    assert sources["example"].distribution == "tbhooks-example"
+    assert sources["example"].version == dist.version
+
+
+def test_autoload_off_by_argument_and_by_environment(monkeypatch):
+    pm, _ = make_plugin_manager(autoload=False)
+    assert not pm.has_plugin("example")
+    monkeypatch.setenv("TBHOOKS_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pm, _ = make_plugin_manager()
+    assert not pm.has_plugin("example")
+    assert pm.has_plugin("scalars")
+
+
+def test_blocking_by_name_and_by_environment(monkeypatch):
+    pm, _ = make_plugin_manager(disable=["example", "graph"])
+    assert not pm.has_plugin("example") and not pm.has_plugin("graph") and pm.has_plugin("scalars")
+    monkeypatch.setenv("TBHOOKS_DISABLE_PLUGINS", "histograms, example")
+    pm, _ = make_plugin_manager()
+    assert not pm.has_plugin("histograms") and not pm.has_plugin("example")
+
+
+def test_unknown_name_in_disable_list_lists_the_known_plugins():
+    with pytest.raises(ValueError, match=r"unknown plugin\(s\) 'scalar'; known plugins: .*scalars"):
+        make_plugin_manager(disable=["scalar"], autoload=False)
+
+
+def test_misspelled_hook_names_the_plugin_and_the_hook(tmp_path):
+    class Typo:
+        name = "typo"
+
+        @tbhooks.hookimpl
+        def on_bach_end(self):
+            pass
+
+    with pytest.raises(pluggy.PluginValidationError, match=r"plugin 'typo' implements unknown hook\(s\) on_bach_end"):
+        tbhooks.attach(mlp(), logdir=tmp_path, plugins=[Typo()], autoload=False)
+
+
+def test_hookimpl_argument_not_in_the_spec_is_refused(tmp_path):
+    class Extra:
+        @tbhooks.hookimpl
+        def on_batch_end(self, stepp):
+            pass
+
+    with pytest.raises(pluggy.PluginValidationError, match="stepp"):
+        tbhooks.attach(mlp(), logdir=tmp_path, plugins=[Extra()], autoload=False)
+
+
+def test_wrong_option_types_are_clear_errors():
+    with pytest.raises(TypeError, match=r"Scalars\(every_n_steps=...\) expects an int, got str"):
+        Scalars(every_n_steps="5")
+    with pytest.raises(ValueError, match=r"Scalars\(every_n_steps=...\) expects an int >= 1, got 0"):
+        Scalars(every_n_steps=0)
+    with pytest.raises(TypeError, match=r"Scalars\(lr=...\) expects True or False"):
+        Scalars(lr=1)
+
+
+def test_plugin_objects_are_checked(tmp_path):
+    with pytest.raises(TypeError, match="pass an instance, for example Scalars()"):
+        make_plugin_manager(plugins=[Scalars], autoload=False)
+    with pytest.raises(TypeError, match="plugins expects plugin objects"):
+        make_plugin_manager(plugins=["scalars"], autoload=False)
+    probe = Scalars()
+    with pytest.raises(ValueError, match="'scalars' is registered twice"):
+        make_plugin_manager(plugins=[probe, probe], autoload=False)
+
+
+def test_a_user_instance_replaces_the_builtin_of_the_same_name():
+    mine = Histograms(every_n_steps=7)
+    pm, sources = make_plugin_manager(plugins=[mine], autoload=False)
+    assert pm.get_plugin("histograms") is mine
+    assert sources["histograms"].origin == "user"
+
+
+def test_entry_point_forms(tmp_path, monkeypatch):
+    install_fake_dist(
+        tmp_path,
+        monkeypatch,
+        "tbhooks-factory",
+        "factory",
+        """
+        import tbhooks
+
+        class Counter:
+            @tbhooks.hookimpl
+            def on_epoch_end(self):
+                pass
+
+        def make():
+            return Counter()
+        """,
+    )
+    (tmp_path / "tbhooks_factory-1.2.3.dist-info" / "entry_points.txt").write_text("[tbhooks]\nfactory = tbhooks_factory:make\n")
+    first, _ = make_plugin_manager()
+    second, sources = make_plugin_manager()
+    assert type(first.get_plugin("factory")).__name__ == "Counter"
+    assert first.get_plugin("factory") is not second.get_plugin("factory"), "a factory gives each run its own plugin"
+    assert sources["factory"].distribution == "tbhooks-factory" and sources["factory"].version == "1.2.3"
+
+    (tmp_path / "tbhooks_factory-1.2.3.dist-info" / "entry_points.txt").write_text(
+        "[tbhooks]\nfactory = tbhooks_factory:Counter\n"
+    )
+    with pytest.raises(TypeError, match="points at a class"):
+        make_plugin_manager()
+
+
+def test_cli_lists_plugins_with_distribution_version_and_hooks(capsys):
+    from tbhooks.cli import main
+
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    scalars = next(line for line in out.splitlines() if line.startswith("scalars"))
+    assert "builtin" in scalars and f"tbhooks {tbhooks.__version__}" in scalars
+    assert "on_batch_end" in out and "on_eval" in out
+    assert "tbhooks-example" in out
+
+
+def test_two_runs_share_no_plugin_or_writer(tmp_path):
+    first = tbhooks.attach(mlp(), logdir=tmp_path / "a")
+    second = tbhooks.attach(mlp(), logdir=tmp_path / "b", disable=["graph"])
+    try:
+        for name, plugin in first.plugin_manager.list_name_plugin():
+            other = second.plugin_manager.get_plugin(name)
+            assert other is None or other is not plugin, name
+        assert first.run.writer is not second.run.writer
+        assert not second.plugin_manager.has_plugin("graph") and first.plugin_manager.has_plugin("graph")
+    finally:
+        first.close()
+        second.close()
+    assert torch.is_tensor(torch.zeros(1))
