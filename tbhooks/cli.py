@@ -50,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     demo.set_defaults(func=_demo)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        # REMAINDER in a subparser refuses a first argument that starts with "--"
+        # ("unrecognized arguments: --logdir"), so the demo's arguments bypass it.
+        return int(_demo(argparse.Namespace(demo_args=argv[1:])))
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -185,7 +185,6 @@ class Hooks:
             hparams=dict(hparams or {}),
             rank=rank,
             world_size=world_size,
-            on_background_error=self._background_error,
         )
         self.run.step, self.run.epoch = self.step, self.epoch
         self.run.stop_on_nonfinite = stop_on_nonfinite
@@ -374,9 +373,13 @@ class Hooks:
             self.close()
 
     def flush(self) -> None:
-        """Wait for background work, then write every pending event to disk."""
-        self.run.drain()
+        """Wait for background work, report its errors, then write every pending event to disk."""
+        self._drain()
         self.run.writer.flush()
+
+    def _drain(self) -> None:
+        for fn, exc in self.run.drain():
+            self._background_error(fn, exc)
 
     def close(self) -> None:
         """Remove module hooks, finish background work, flush and close the writer.  Idempotent."""
@@ -387,7 +390,7 @@ class Hooks:
         try:
             self._capturer.detach()
             self.model.train(self._was_training)
-            self.run.drain()
+            self._drain()
             self.run._background.stop()
         finally:
             self.run.writer.flush()
@@ -430,8 +433,7 @@ class Hooks:
     def _background_error(self, fn: Callable[..., Any], exc: BaseException) -> None:
         owner = self._host.owner_of(fn) or getattr(fn, "__qualname__", repr(fn))
         if self.strict:
-            self.run.warn_once(f"background:{owner}", f"tbhooks: background task of {owner!r} raised: {exc!r}")
-            return
+            raise exc
         self._host.fault(owner, "background task", exc)
 
     def _install_sigterm(self) -> None:

@@ -115,11 +115,13 @@ class _Background:
     and before closing the writer, so nothing submitted is lost.
     """
 
-    def __init__(self, on_error: Callable[[Callable[..., Any], BaseException], None]) -> None:
+    def __init__(self) -> None:
         self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None] = queue.Queue(
             maxsize=64
         )
-        self._on_error = on_error
+        # Errors are only collected here; the training thread reports them (warnings,
+        # unregistering the plugin) when it next drains, never from this thread.
+        self.errors: list[tuple[Callable[..., Any], BaseException]] = []
         self._thread: threading.Thread | None = None
 
     def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -137,8 +139,8 @@ class _Background:
                 fn, args, kwargs = item
                 try:
                     fn(*args, **kwargs)
-                except Exception as exc:  # reported and attributed by the core, never raised here
-                    self._on_error(fn, exc)
+                except Exception as exc:
+                    self.errors.append((fn, exc))
             finally:
                 self._queue.task_done()
 
@@ -175,7 +177,6 @@ class Run:
         hparams: dict[str, Any],
         rank: int,
         world_size: int,
-        on_background_error: Callable[[Callable[..., Any], BaseException], None],
     ) -> None:
         self.writer = writer
         self.logdir = logdir
@@ -190,7 +191,7 @@ class Run:
         self.stop_reason: str | None = None
         self.stop_on_nonfinite = False
         self._said: set[str] = set()
-        self._background = _Background(on_background_error)
+        self._background = _Background()
 
     @property
     def is_writer(self) -> bool:
@@ -221,9 +222,11 @@ class Run:
         """
         self._background.submit(fn, args, kwargs)
 
-    def drain(self) -> None:
-        """Wait until every task given to :meth:`submit` has run."""
+    def drain(self) -> list[tuple[Callable[..., Any], BaseException]]:
+        """Wait until every task given to :meth:`submit` has run; return the errors they raised since the last drain."""
         self._background.drain()
+        errors, self._background.errors = self._background.errors, []
+        return errors
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate ``tensor`` along dim 0 over every rank (rank order).
@@ -274,9 +277,9 @@ class Run:
             classes = outputs.shape[1]
             if int(low) < 0 or int(high) >= classes:
                 self.warn_once(
-                    f"targets-range:{who}",
-                    f"tbhooks: {who} skipped: targets hold labels outside [0, {classes}) "
-                    f"(min {int(low)}, max {int(high)}) for outputs with {classes} classes",
+                    "targets-range",
+                    f"tbhooks: targets hold labels outside [0, {classes}) (min {int(low)}, max {int(high)}) "
+                    f"for outputs with {classes} classes; accuracy and the classification plugins skip them",
                 )
                 return None
         return outputs, targets.long()
@@ -301,7 +304,7 @@ class Run:
             return
         stopping = "; stopping the run (stop_on_nonfinite=True)" if self.stop_on_nonfinite else ""
         self.warn_once(
-            f"nonfinite:{what}",
+            "nonfinite-loss",  # once per run: the first non-finite value is the news
             f"tbhooks: {what} is {value} at step {self.step}; it is logged as is{stopping}",
             NonFiniteLossWarning,
         )

@@ -107,13 +107,16 @@ def to_uint8(unit: torch.Tensor) -> torch.Tensor:
     return (unit * 255.0).round().to(torch.uint8)
 
 
-def thumbnail_side(count: int, side: int, limit: int = SPRITE_MAX_PX) -> int:
+def thumbnail_side(count: int, side: int, limit: int | None = None) -> int:
     """The side of square thumbnails so that a sprite of ``count`` of them fits in ``limit`` pixels.
 
     The projector arranges a sprite as ``ceil(sqrt(count))`` thumbnails a
     row; ``side`` is returned unchanged when that fits, else the largest side
-    that does (at least 1).
+    that does (at least 1).  ``limit`` defaults to :data:`SPRITE_MAX_PX`,
+    read at call time.
     """
+    if limit is None:
+        limit = SPRITE_MAX_PX
     per_row = max(1, math.ceil(math.sqrt(count)))
     return max(1, min(side, limit // per_row))
 

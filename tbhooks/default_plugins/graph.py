@@ -1,7 +1,224 @@
-"""Placeholder for the graph plugin (being written)."""
+"""Graph: the model graph, traced once per fit from the first training batch.
+
+Tag: the run's graph (the GRAPHS dashboard); when the model cannot be traced,
+a text summary under ``graph/summary`` (the TEXT dashboard) instead.
+
+``SummaryWriter.add_graph`` traces with ``torch.jit.trace``, which on its own
+fails on models that return dicts, that take keyword arguments, or that
+return tuples holding non-tensors.  This plugin traces a small wrapper
+module instead: it takes the batch's tensors as positional arguments,
+rebuilds the inputs (a dict becomes keyword arguments, a tuple or list
+positional arguments, as the Trainer calls the model), and flattens the
+outputs to a tuple of tensors (dict values in the dict's order, tuples and
+lists in order, dataclass fields in order; other values are dropped).  In
+the GRAPHS dashboard the model therefore appears as ``<ModelClass>[model]``
+inside one ``TracedModel`` node.
+
+A model that still cannot be traced (it raises under tracing, returns no
+tensor, uses types the tracer does not support, ...) gets a Markdown text
+summary instead, with one warning; the run goes on.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from tbhooks.default_plugins._options import check_bool
+from tbhooks.markers import hookimpl
+
+if TYPE_CHECKING:
+    from tbhooks.run import Run
+
+TEXT_TAG = "graph/summary"
+
+
+class _Slot:
+    """Marks where the ``index``-th traced tensor goes back into the inputs' structure."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _split_inputs(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """``value`` with every tensor replaced by a :class:`_Slot`, the tensors appended to ``tensors``."""
+    if isinstance(value, torch.Tensor):
+        tensors.append(value)
+        return _Slot(len(tensors) - 1)
+    if isinstance(value, dict):
+        return {key: _split_inputs(item, tensors) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_split_inputs(item, tensors) for item in value)
+    return value
+
+
+def _fill_inputs(template: Any, tensors: tuple[torch.Tensor, ...]) -> Any:
+    """The inverse of :func:`_split_inputs`: put ``tensors`` back where the slots are."""
+    if isinstance(template, _Slot):
+        return tensors[template.index]
+    if isinstance(template, dict):
+        return {key: _fill_inputs(item, tensors) for key, item in template.items()}
+    if isinstance(template, (tuple, list)):
+        return type(template)(_fill_inputs(item, tensors) for item in template)
+    return template
+
+
+def flatten_outputs(value: Any) -> list[torch.Tensor]:
+    """Every tensor in a model's outputs, in order: dict values in the dict's
+    order, tuple/list items in order, dataclass fields in order; anything else
+    is dropped."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    if isinstance(value, (tuple, list)):
+        return [tensor for item in value for tensor in flatten_outputs(item)]
+    return []
+
+
+class TracedModel(nn.Module):
+    """What the graph plugin traces: ``model`` called like the Trainer calls it, outputs flattened.
+
+    ``forward`` takes the batch's tensors as positional arguments (the
+    tracer only passes tensors) and rebuilds the original inputs around them;
+    non-tensor parts of the inputs are baked in as constants.
+    """
+
+    def __init__(self, model: nn.Module, template: Any) -> None:
+        super().__init__()
+        self.model = model
+        self._template = template
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        inputs = _fill_inputs(self._template, tensors)
+        if isinstance(inputs, dict):
+            outputs = self.model(**inputs)
+        elif isinstance(inputs, (tuple, list)):
+            outputs = self.model(*inputs)
+        else:
+            outputs = self.model(inputs)
+        flat = flatten_outputs(outputs)
+        if not flat:
+            raise TypeError(f"the model returned a {type(outputs).__name__} holding no tensor")
+        return flat[0] if len(flat) == 1 else tuple(flat)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(total, trainable)`` parameter counts; shared parameters count once,
+    parameters of lazy modules not yet initialised count as 0."""
+    total = trainable = 0
+    for parameter in model.parameters():
+        if isinstance(parameter, nn.parameter.UninitializedParameter):
+            continue
+        total += parameter.numel()
+        if parameter.requires_grad:
+            trainable += parameter.numel()
+    return total, trainable
+
+
+def model_summary(model: nn.Module) -> str:
+    """A Markdown summary of ``model``: parameter counts and ``str(model)`` in a code block."""
+    total, trainable = count_parameters(model)
+    return (
+        f"**{type(model).__name__}**: {total:,} parameters "
+        f"({trainable:,} trainable, {total - trainable:,} frozen)\n\n"
+        f"```\n{model}\n```"
+    )
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Any:
+    """Every submodule in eval mode; on exit, each one's own training flag back as it was.
+
+    ``model.train(flag)`` alone would set every submodule to the same flag and
+    lose a submodule the user froze in eval mode (a frozen BatchNorm, say).
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
 
 class Graph:
+    """Log the model graph once per fit, from the first training batch.
+
+    When: the first ``on_batch_end`` of each fit (there is no sample of the
+    data at ``on_fit_start``), on rank 0 only; every later batch returns at
+    once.  The trace runs the model once more on that batch, in eval mode,
+    under ``torch.no_grad()``, with no module hooks of tbhooks attached; the
+    training flag of every submodule is restored afterwards.
+
+    Where: the GRAPHS dashboard.  When tracing fails, the TEXT dashboard under
+    ``graph/summary``: ``str(model)`` in a code block with parameter counts,
+    and one warning saying why.
+
+    :param text_fallback: log the text summary when tracing fails (default
+        True); with False the plugin only warns.
+    """
+
     name = "graph"
+
+    def __init__(self, text_fallback: bool = True) -> None:
+        self.text_fallback = check_bool("Graph", "text_fallback", text_fallback)
+        self._done = False
+
+    @hookimpl
+    def on_fit_start(self) -> None:
+        self._done = False
+
+    @hookimpl
+    def on_batch_end(self, run: Run, step: int, inputs: Any) -> None:
+        if self._done:
+            return
+        self._done = True
+        if not run.is_writer:
+            return
+        model = run.model
+        try:
+            self._trace(run, model, inputs)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            if len(reason) > 300:
+                reason = reason[:297] + "..."
+            if self.text_fallback:
+                text = f"The model graph could not be traced (`{reason}`).\n\n{model_summary(model)}"
+                run.writer.add_text(TEXT_TAG, text, step)
+            fallback = f"; its text summary is logged under {TEXT_TAG!r} instead" if self.text_fallback else ""
+            run.warn_once(
+                "graph:trace-failed",
+                f"tbhooks: graph could not trace {type(model).__name__} ({reason}){fallback}",
+            )
+
+    def _trace(self, run: Run, model: nn.Module, inputs: Any) -> None:
+        tensors: list[torch.Tensor] = []
+        template = _split_inputs(inputs, tensors)
+        wrapper = TracedModel(model, template)
+        with (
+            _eval_mode(model),
+            torch.no_grad(),
+            warnings.catch_warnings(),
+            # add_graph prints the tracer's error to stdout before re-raising it;
+            # the warning below says it once, so that print is swallowed.
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
+            # torch.jit.trace is deprecated in recent torch (a FutureWarning per
+            # trace and per traced method), and TracerWarning flags Python values
+            # taken from tensors (the graph then shows the path this batch took).
+            # Both are about the trace, not the user's code: silenced here only.
+            warnings.filterwarnings("ignore", message=r"`?torch\.jit\.trace", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r"`?torch\.jit\.trace", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            run.writer.add_graph(wrapper, tuple(tensors))

@@ -1,7 +1,327 @@
-"""Placeholder for the histograms plugin (being written)."""
+"""Histograms: weights, gradients and activations, every N steps, binned on the device.
+
+Tags (the HISTOGRAMS and DISTRIBUTIONS dashboards, against the global step):
+
+``weights/<parameter name>``
+    each parameter, after the optimizer step;
+``grads/<parameter name>``
+    each parameter's gradient (``p.grad``; parameters without one are skipped);
+``activations/<module name>``
+    the output of each requested submodule (its first tensor, for modules
+    that return tuples or dicts), captured by the core's module hooks.
+
+How the work is split: :func:`device_histogram` and
+:func:`device_histograms` compute the minimum, maximum, count, sum, sum of
+squares and the bucket counts with torch on the tensor's own device, with no
+host synchronisation.  The small results of every tensor of one logging step
+are concatenated and copied to the host once (one copy per device), and the
+protobufs are written on the run's background thread.  The whole tensor
+never leaves the device.
+
+Bins: ``bins`` equal-width buckets from the smallest to the largest finite
+value, the rule of ``torch.histc``: a value ``x`` goes to bucket
+``floor((x - min) * bins / (max - min))``, the maximum into the last bucket;
+when every finite value is the same the range is widened to
+``[value - 1, value + 1]``, as ``torch.histc`` does.  TensorBoard reads
+``bucket_limit[i]`` as the right edge of bucket ``i`` and starts the first
+non-empty bucket at ``min``, so the limits written are the right edges of
+these buckets and the bucket counts equal ``torch.histc`` of the finite
+values.
+
+Non-finite values (NaN, +inf, -inf) are counted out: they are in no bucket
+and in none of min, max, num, sum, sum of squares.  Their number is returned
+as ``DeviceHistogram.nonfinite``, and the plugin warns once per run when a
+logged tensor held any.  A tensor with no finite value is not written.
+Empty tensors are skipped.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+
+from tbhooks.capture import Capture
+from tbhooks.default_plugins._options import check_bool, check_int
+from tbhooks.markers import hookimpl
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from tbhooks.run import Run
+
+_CHUNK = 1 << 24
+"""Elements processed at once, so temporaries stay bounded on very large tensors."""
+
+_STATS = 6
+"""Leading entries of a device row: min, max, num, sum, sum of squares, non-finite count."""
+
+
+class DeviceHistogram(NamedTuple):
+    """One histogram, ready for ``SummaryWriter.add_histogram_raw``.
+
+    ``bucket_limits[i]`` is the right edge of bucket ``i``; the first bucket
+    starts at the lower end of the range (``min``).  ``min``, ``max``,
+    ``num``, ``sum`` and ``sum_squares`` cover the finite values only;
+    ``nonfinite`` counts the NaN and infinite values left out.
+    """
+
+    min: float
+    max: float
+    num: int
+    sum: float
+    sum_squares: float
+    bucket_limits: list[float]
+    bucket_counts: list[float]
+    nonfinite: int
+
+
+def _check_bins(bins: object) -> int:
+    if isinstance(bins, bool) or not isinstance(bins, int):
+        raise TypeError(f"bins expects an int, got {type(bins).__name__}")
+    if bins < 1:
+        raise ValueError(f"bins expects an int >= 1, got {bins}")
+    return bins
+
+
+def _row_dtype(device: torch.device) -> torch.dtype:
+    # MPS has no float64; float32 still counts exactly up to 2**24 per bucket.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
+    """The histogram of ``tensor`` as one 1-D tensor on ``tensor``'s device, without a host sync.
+
+    Layout: ``[min, max, num, sum, sum_squares, nonfinite, count_0, ..., count_{bins-1}]``
+    (float64; float32 on MPS).  ``min``/``max`` are those of the finite
+    values (0 when there is none).  :func:`device_histograms` turns rows into
+    :class:`DeviceHistogram`.  ``tensor`` must not be empty.
+    """
+    flat = tensor.detach().reshape(-1)
+    numel = flat.numel()
+    if numel == 0:
+        raise ValueError("histogram of an empty tensor")
+    work = torch.float64 if flat.dtype == torch.float64 else torch.float32
+    out = _row_dtype(flat.device)
+    chunks = [c.to(work) for c in flat.split(_CHUNK)] if numel > _CHUNK else [flat.to(work)]
+
+    # Pass 1: range and moments of the finite values.  Non-finite values are
+    # masked with torch.where (boolean indexing would need their count on the
+    # host, a sync).
+    lows, highs, sums, squares, counts = [], [], [], [], []
+    for chunk in chunks:
+        finite = torch.isfinite(chunk)
+        lows.append(torch.where(finite, chunk, float("inf")).amin())
+        highs.append(torch.where(finite, chunk, float("-inf")).amax())
+        zeroed = torch.where(finite, chunk, 0.0)
+        sums.append(zeroed.sum())
+        squares.append(torch.dot(zeroed, zeroed))
+        counts.append(finite.sum())
+    low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
+    total, square = torch.stack(sums).sum(), torch.stack(squares).sum()
+    num = torch.stack(counts).sum()
+    some = num > 0
+    low, high = torch.where(some, low, 0.0), torch.where(some, high, 0.0)
+    # torch.histc widens an empty range to [value - 1, value + 1].
+    flat_range = high == low
+    left = torch.where(flat_range, low - 1, low)
+    width = torch.where(flat_range, high + 1, high) - left
+
+    # Pass 2: bucket counts.  Bucket `bins` collects the non-finite values and
+    # is dropped.  scatter_add_ instead of bincount: CUDA's bincount reads the
+    # largest index back to the host.
+    buckets = torch.zeros(bins + 1, dtype=torch.int64, device=flat.device)
+    for chunk in chunks:
+        finite = torch.isfinite(chunk)
+        # Multiply before dividing: the order torch.histc uses, so values on a
+        # bucket edge land in the same bucket.
+        position = ((chunk - left) * bins / width).floor_().clamp_(0, bins - 1)
+        index = torch.where(finite, position, float(bins)).long()
+        buckets.scatter_add_(0, index, torch.ones(1, dtype=torch.int64, device=flat.device).expand_as(index))
+
+    stats = torch.stack(
+        [low.to(out), high.to(out), num.to(out), total.to(out), square.to(out), (numel - num).to(out)]
+    )
+    return torch.cat([stats, buckets[:bins].to(out)])
+
+
+def _unpack(row: Sequence[float], bins: int) -> DeviceHistogram:
+    low, high, num, total, square, nonfinite = row[:_STATS]
+    left, right = (low - 1.0, high + 1.0) if low == high else (low, high)
+    step = (right - left) / bins
+    limits = [left + step * (i + 1) for i in range(bins - 1)] + [right]
+    return DeviceHistogram(
+        min=low,
+        max=high,
+        num=int(num),
+        sum=total,
+        sum_squares=square,
+        bucket_limits=limits,
+        bucket_counts=list(row[_STATS : _STATS + bins]),
+        nonfinite=int(nonfinite),
+    )
+
+
+def device_histograms(tensors: Iterable[torch.Tensor], bins: int = 64) -> list[DeviceHistogram]:
+    """Histograms of ``tensors``, computed on their devices, with one copy to the host per device.
+
+    The bucket rule and the handling of non-finite values are those of
+    :func:`device_histogram`.  Every tensor must be non-empty.
+    """
+    bins = _check_bins(bins)
+    rows = [histogram_row(t, bins) for t in tensors]
+    by_device: dict[torch.device, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_device.setdefault(row.device, []).append(index)
+    host: list[list[float]] = [[] for _ in rows]
+    for indices in by_device.values():
+        # The one synchronisation: every row of this device in one copy.
+        values = torch.stack([rows[i] for i in indices]).cpu().tolist()
+        for i, value in zip(indices, values, strict=True):
+            host[i] = value
+    return [_unpack(row, bins) for row in host]
+
+
+def device_histogram(tensor: torch.Tensor, bins: int = 64) -> DeviceHistogram:
+    """The histogram of ``tensor``, binned with torch on its own device.
+
+    Only ``bins + 6`` numbers are copied to the host.  The buckets follow
+    ``torch.histc``: ``bins`` equal-width buckets from the smallest to the
+    largest finite value (widened to ``value ± 1`` when they are equal); the
+    result's ``bucket_limits`` are the buckets' right edges, as
+    ``add_histogram_raw`` expects.  NaN and infinite values are counted out
+    (see :class:`DeviceHistogram`).
+
+    :raises TypeError: ``tensor`` is not a tensor, or ``bins`` not an int.
+    :raises ValueError: ``tensor`` is empty, or ``bins < 1``.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"device_histogram expects a tensor, got {type(tensor).__name__}")
+    if tensor.numel() == 0:
+        raise ValueError("device_histogram got an empty tensor")
+    return device_histograms([tensor], bins)[0]
+
+
+def _check_activations(value: object) -> str | tuple[str, ...]:
+    if value == "all":
+        return "all"
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"Histograms(activations=...) expects a list of submodule names or 'all', got {type(value).__name__}"
+            + (f" {value!r}" if isinstance(value, str) else "")
+        )
+    for name in value:
+        if not isinstance(name, str):
+            raise TypeError(f"Histograms(activations=...) expects submodule names (str), got {name!r}")
+    return tuple(value)
+
 
 class Histograms:
+    """Log histograms of weights, gradients and activations every N training steps.
+
+    When: ``on_batch_end`` of every step that is a multiple of
+    ``every_n_steps`` (so a run shorter than ``every_n_steps`` steps logs
+    none), on rank 0; other steps return at once.  Activations are captured
+    by module hooks the core attaches on those steps only.
+
+    Where: HISTOGRAMS and DISTRIBUTIONS dashboards, tags ``weights/<parameter>``,
+    ``grads/<parameter>``, ``activations/<module>``.
+
+    :param every_n_steps: the logging interval in training steps (default 1000).
+    :param weights: log every parameter (default True).
+    :param grads: log every parameter's gradient (default True).
+    :param activations: submodule names (as in ``model.named_modules()``)
+        whose outputs to log, or ``"all"`` for every leaf module (a module
+        without children); default ``[]``, none.  Names not in the model are
+        dropped with one warning.
+    :param bins: buckets per histogram (default 64).
+    """
+
     name = "histograms"
+
+    def __init__(
+        self,
+        every_n_steps: int = 1000,
+        weights: bool = True,
+        grads: bool = True,
+        activations: Sequence[str] | str = (),
+        bins: int = 64,
+    ) -> None:
+        self.every_n_steps = check_int("Histograms", "every_n_steps", every_n_steps, minimum=1)
+        self.weights = check_bool("Histograms", "weights", weights)
+        self.grads = check_bool("Histograms", "grads", grads)
+        self.activations = _check_activations(activations)
+        self.bins = check_int("Histograms", "bins", bins, minimum=1)
+        self._modules: tuple[str, ...] = ()
+
+    @hookimpl
+    def on_capture_request(self, run: Run) -> list[Capture]:
+        names = [name for name, _ in run.model.named_modules()]
+        if self.activations == "all":
+            modules = dict(run.model.named_modules())
+            wanted = [name for name in names if not any(True for _ in modules[name].children())]
+        else:
+            wanted = list(dict.fromkeys(self.activations))
+            unknown = [name for name in wanted if name not in names]
+            if unknown:
+                known = ", ".join(repr(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
+                run.warn_once(
+                    "histograms:unknown-modules",
+                    f"tbhooks: Histograms(activations=...) names no submodule {', '.join(map(repr, unknown))}; "
+                    f"those are skipped (known: {known})",
+                )
+                wanted = [name for name in wanted if name in names]
+        self._modules = tuple(wanted)
+        return [Capture(module=name, kind="output", every_n_steps=self.every_n_steps) for name in self._modules]
+
+    @hookimpl
+    def on_batch_end(self, run: Run, step: int, captured: Mapping[str, torch.Tensor]) -> None:
+        if step % self.every_n_steps or not run.is_writer:
+            return
+        tagged: list[tuple[str, torch.Tensor]] = []
+        parameters = list(run.model.named_parameters())
+        if self.weights:
+            tagged.extend((run.tag("weights", name), p.detach()) for name, p in parameters)
+        if self.grads:
+            tagged.extend((run.tag("grads", name), p.grad) for name, p in parameters if p.grad is not None)
+        for name in self._modules:
+            tensor = captured.get(f"output:{name}")
+            if tensor is not None:
+                tagged.append((run.tag("activations", name or type(run.model).__name__), tensor))
+        # Empty tensors have no histogram; sparse and complex ones are not binned.
+        tagged = [(tag, t) for tag, t in tagged if t.numel() and t.layout == torch.strided and not t.is_complex()]
+        if not tagged:
+            return
+        with torch.no_grad():
+            results = device_histograms([t for _, t in tagged], self.bins)
+        flagged = [
+            f"{tag} ({hist.nonfinite} of {hist.num + hist.nonfinite})"
+            for (tag, _), hist in zip(tagged, results, strict=True)
+            if hist.nonfinite
+        ]
+        if flagged:
+            more = f" and {len(flagged) - 3} more" if len(flagged) > 3 else ""
+            run.warn_once(
+                "histograms:nonfinite",
+                f"tbhooks: histograms at step {step}: NaN/inf values in {', '.join(flagged[:3])}{more}; "
+                f"they are left out of the histograms (a tensor with no finite value is not written)",
+            )
+        run.submit(self._write, run, [tag for tag, _ in tagged], results, step)
+
+    def _write(self, run: Run, tags: list[str], results: list[DeviceHistogram], step: int) -> None:
+        """Runs on the background thread: the protobufs, from host numbers only."""
+        for tag, hist in zip(tags, results, strict=True):
+            if hist.num == 0:
+                continue
+            run.writer.add_histogram_raw(
+                tag,
+                min=hist.min,
+                max=hist.max,
+                num=hist.num,
+                sum=hist.sum,
+                sum_squares=hist.sum_squares,
+                bucket_limits=hist.bucket_limits,
+                bucket_counts=hist.bucket_counts,
+                global_step=step,
+            )

@@ -1,0 +1,955 @@
+#!/usr/bin/env python
+"""tbhooks' benchmark: what logging costs, side by side with a bare loop and the peers.
+
+``make bench`` runs this file; it prints every table as it goes and writes
+``benchmarks/RESULTS.md`` (``--out`` to write elsewhere).  ``--quick`` is a
+tiny configuration for the smoke test: its numbers mean nothing.
+
+Main table: the PyTorch TensorBoard tutorial's network (conv(1,6,5), pool,
+conv(6,16,5), pool, fc 256-120-84-10), batch size 4, 28x28 inputs,
+``torch.set_num_threads(1)``, the same synthetic data for every row.  Each
+row is timed from the creation of its logger to the logs being closed, and
+the rows are interleaved: repetition 1 runs every row once, then repetition
+2, and so on (the order rotates between repetitions), so load from other
+processes falls on every row alike.  Reported: the median steps/s of each
+row and its ratio to the median of the bare loop.
+
+Microbenchmarks: event dispatch through tbhooks' guarded plugin manager vs
+bare pluggy; device histograms vs ``SummaryWriter.add_histogram``; the time
+the training thread spends per figure; the flush interval; the cost of
+``measure_overhead``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import inspect
+import io
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import timeit
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+import tbhooks  # noqa: E402
+from tbhooks.markers import hookimpl  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
+
+
+# ---------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    """Sizes of one benchmark run; ``quick()`` is the smoke-test configuration."""
+
+    images: int = 4000  # training images: 1000 steps of batch 4 per epoch
+    epochs: int = 1
+    reps: int = 5
+    figure_every: int = 1000  # the tutorial's rate: a figure (and an evaluation) every 1000 steps
+    eval_images: int = 100
+    histogram_every: int = 100  # "all" row: weights, gradients and activations every 100 steps
+    hist_elements: int = 20_000_000
+    hist_repeat: int = 3
+    dispatch_number: int = 20_000
+    dispatch_repeat: int = 7
+    figure_calls: int = 5
+    quick: bool = False
+
+    @classmethod
+    def quick_config(cls) -> Config:
+        return cls(
+            images=200,
+            epochs=1,
+            reps=2,
+            figure_every=50,
+            eval_images=20,
+            histogram_every=10,
+            hist_elements=200_000,
+            hist_repeat=1,
+            dispatch_number=500,
+            dispatch_repeat=2,
+            figure_calls=1,
+            quick=True,
+        )
+
+
+# ---------------------------------------------------------------------------
+# the workload: the tutorial's network and synthetic data
+# ---------------------------------------------------------------------------
+
+
+class Net(nn.Module):
+    """The network of the PyTorch TensorBoard tutorial (Fashion-MNIST, 28x28 grey images)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 4 * 4, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.flatten(1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+@dataclass
+class Workload:
+    """The data and initial weights every row starts from."""
+
+    config: Config
+    train: DataLoader[Any]
+    eval: DataLoader[Any]
+    initial: dict[str, torch.Tensor]
+    root: Path
+
+    @property
+    def steps(self) -> int:
+        return len(self.train) * self.config.epochs
+
+    def model(self) -> Net:
+        net = Net()
+        net.load_state_dict(self.initial)
+        return net
+
+    @staticmethod
+    def optimizer(net: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+
+    def logdir(self, name: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        return path
+
+
+def make_workload(config: Config, root: Path, images: int | None = None) -> Workload:
+    generator = torch.Generator().manual_seed(0)
+    n = images or config.images
+    x = torch.randn(n, 1, 28, 28, generator=generator)
+    y = torch.randint(0, 10, (n,), generator=generator)
+    ex = torch.randn(config.eval_images, 1, 28, 28, generator=generator)
+    ey = torch.randint(0, 10, (config.eval_images,), generator=generator)
+    torch.manual_seed(0)
+    initial = {k: v.clone() for k, v in Net().state_dict().items()}
+    train = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=False, num_workers=0)
+    evaluation = DataLoader(TensorDataset(ex, ey), batch_size=config.eval_images, shuffle=False, num_workers=0)
+    return Workload(config, train, evaluation, initial, root)
+
+
+# ---------------------------------------------------------------------------
+# the rows
+# ---------------------------------------------------------------------------
+
+
+def bare_loop(w: Workload) -> None:
+    """The hand-written loop every other row is compared with: no logging at all."""
+    net = w.model()
+    opt = w.optimizer(net)
+    loss_fn = nn.CrossEntropyLoss()
+    net.train()
+    for _ in range(w.config.epochs):
+        for inputs, labels in w.train:
+            opt.zero_grad()
+            loss = loss_fn(net(inputs), labels)
+            loss.backward()
+            opt.step()
+
+
+def _tbhooks_fit(w: Workload, name: str, **options: Any) -> Path:
+    net = w.model()
+    logdir = w.logdir(name)
+    trainer = tbhooks.Trainer(
+        net,
+        w.optimizer(net),
+        nn.CrossEntropyLoss(),
+        logdir=logdir,
+        device="cpu",
+        progress=False,
+        class_names=list(CLASSES),
+        **options,
+    )
+    trainer.fit(w.train, epochs=w.config.epochs, eval_loader=w.eval)
+    return logdir
+
+
+def tbhooks_default(w: Workload) -> None:
+    """Every built-in plugin at its default settings; entry points not loaded (``autoload=False``)."""
+    _tbhooks_fit(w, "default", autoload=False)
+
+
+def tbhooks_flush120(w: Workload) -> None:
+    """As ``tbhooks_default`` with SummaryWriter's own flush interval, 120 s."""
+    _tbhooks_fit(w, "flush120", autoload=False, flush_secs=120)
+
+
+OVERHEAD_SEEN: dict[str, list[float]] = {}
+MEASURED_LOGDIRS: list[Path] = []
+
+
+def tbhooks_measured(w: Workload) -> None:
+    """As ``tbhooks_default`` with ``measure_overhead=True``; its log directory is read back after the timing."""
+    MEASURED_LOGDIRS.append(_tbhooks_fit(w, "measured", autoload=False, measure_overhead=True))
+
+
+def collect_overhead() -> None:
+    """Read the ``tbhooks/overhead_ms/<plugin>`` scalars the measured runs wrote (outside any timing)."""
+    from tbhooks.testing import read_events
+
+    for logdir in MEASURED_LOGDIRS:
+        for tag, points in read_events(logdir).scalars.items():
+            if tag.startswith("tbhooks/overhead_ms/"):
+                OVERHEAD_SEEN.setdefault(tag.rsplit("/", 1)[1], []).extend(p.value for p in points)
+    MEASURED_LOGDIRS.clear()
+
+
+@dataclass
+class AllPlugins:
+    """How the "all" row is configured, as found in this installation (reported in RESULTS.md)."""
+
+    plugins: list[Any] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    figures: bool = False
+
+
+def all_plugins_setup(config: Config) -> AllPlugins:
+    """Every plugin on: built-ins with histograms of weights, gradients and activations every
+    ``histogram_every`` steps, and the ``figures`` plugin rendering at each evaluation."""
+    setup = AllPlugins()
+    try:
+        from tbhooks.default_plugins.histograms import Histograms
+
+        params = inspect.signature(Histograms).parameters
+        options: dict[str, Any] = {}
+        if "every_n_steps" in params:
+            options["every_n_steps"] = config.histogram_every
+        if "activations" in params:
+            options["activations"] = True
+        for flag in ("weights", "gradients", "grads"):
+            if flag in params:
+                options[flag] = True
+        setup.plugins.append(Histograms(**options))
+        setup.notes.append(f"Histograms({', '.join(f'{k}={v!r}' for k, v in options.items())})")
+    except Exception as exc:  # a placeholder or changed API: the row says so rather than failing
+        setup.notes.append(f"histograms at defaults ({type(exc).__name__}: {exc})")
+    try:
+        from tbhooks_figures import Figures  # type: ignore[import-not-found]
+
+        params = inspect.signature(Figures).parameters
+        options = {}
+        if "every_n_evals" in params:
+            options["every_n_evals"] = 1
+        setup.plugins.append(Figures(**options))
+        setup.figures = True
+        setup.notes.append(f"Figures({', '.join(f'{k}={v!r}' for k, v in options.items())}) at every evaluation")
+    except Exception as exc:
+        setup.notes.append(f"no figures plugin ({type(exc).__name__}: {exc})")
+    return setup
+
+
+ALL = AllPlugins()
+
+
+def tbhooks_all(w: Workload) -> None:
+    """Every plugin on, figures included, with an evaluation (and so a figure) every ``figure_every`` steps."""
+    _tbhooks_fit(w, "all", autoload=True, plugins=ALL.plugins)
+
+
+def _to_probabilities(net: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, list[float]]:
+    # As the tutorial does it: a forward pass with autograd on, then one .item() per sample.
+    output = net(images)
+    _, predicted = torch.max(output, 1)
+    predictions = np.squeeze(predicted.numpy())
+    return predictions, [F.softmax(row, dim=0)[int(i)].item() for i, row in zip(predictions, output, strict=True)]
+
+
+def plot_classes_preds(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> plt.Figure:
+    """The tutorial's figure: four images with predicted class, probability and label, rendered with pyplot."""
+    predictions, probabilities = _to_probabilities(net, images)
+    figure = plt.figure(figsize=(12, 48))
+    for index in range(4):
+        axes = figure.add_subplot(1, 4, index + 1, xticks=[], yticks=[])
+        image = images[index].mean(dim=0) / 2 + 0.5
+        plt.imshow(image.numpy(), cmap="Greys")
+        right = predictions[index] == labels[index].item()
+        axes.set_title(
+            f"{CLASSES[predictions[index]]}, {probabilities[index] * 100.0:.1f}%\n(label: {CLASSES[labels[index]]})",
+            color="green" if right else "red",
+        )
+    return figure
+
+
+def tutorial(w: Workload) -> None:
+    """The tutorial's loop: ``loss.item()`` every step; a scalar and a pyplot figure every ``figure_every`` steps."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    net = w.model()
+    opt = w.optimizer(net)
+    loss_fn = nn.CrossEntropyLoss()
+    writer = SummaryWriter(str(w.logdir("tutorial")))
+    every = w.config.figure_every
+    running_loss = 0.0
+    for epoch in range(w.config.epochs):
+        for i, (inputs, labels) in enumerate(w.train):
+            opt.zero_grad()
+            loss = loss_fn(net(inputs), labels)
+            loss.backward()
+            opt.step()
+            running_loss += loss.item()
+            if i % every == every - 1:
+                step = epoch * len(w.train) + i
+                writer.add_scalar("training loss", running_loss / every, step)
+                writer.add_figure("predictions vs. actuals", plot_classes_preds(net, inputs, labels), global_step=step)
+                running_loss = 0.0
+    writer.close()
+
+
+def _quiet_peer_logs() -> None:
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "lightning_fabric", "ignite"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def lightning(w: Workload) -> None:
+    """A LightningModule logging its loss with ``self.log`` through TensorBoardLogger (default cadence)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    class LitNet(pl.LightningModule):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net = net
+            self.loss_fn = nn.CrossEntropyLoss()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            inputs, labels = batch
+            loss = self.loss_fn(self.net(inputs), labels)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return Workload.optimizer(self)
+
+    _quiet_peer_logs()
+    with warnings.catch_warnings():
+        # Lightning advises about num_workers and the like on every fit; the benchmark keeps them off on purpose.
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(
+            max_epochs=w.config.epochs,
+            logger=TensorBoardLogger(save_dir=str(w.logdir("lightning")), name="lit"),
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            devices=1,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(LitNet(w.model()), train_dataloaders=w.train)
+    torch.set_num_threads(1)  # in case the framework changed it
+
+
+def ignite(w: Workload) -> None:
+    """Ignite's supervised trainer with TensorboardLogger's OutputHandler every 50 iterations."""
+    from ignite.engine import Events, create_supervised_trainer
+    from ignite.handlers.tensorboard_logger import TensorboardLogger
+
+    _quiet_peer_logs()
+    net = w.model()
+    trainer = create_supervised_trainer(net, w.optimizer(net), nn.CrossEntropyLoss())
+    logger = TensorboardLogger(log_dir=str(w.logdir("ignite")))
+    logger.attach_output_handler(
+        trainer,
+        event_name=Events.ITERATION_COMPLETED(every=50),
+        tag="training",
+        output_transform=lambda loss: {"loss": loss},
+    )
+    trainer.run(w.train, max_epochs=w.config.epochs)
+    logger.close()
+    torch.set_num_threads(1)
+
+
+@dataclass
+class Row:
+    key: str
+    title: str
+    fn: Callable[[Workload], None]
+    target: float | None = None
+    needs: str | None = None  # a module that must import, else the row is skipped
+    seconds: list[float] = field(default_factory=list)
+    skipped: str | None = None
+
+
+def make_rows() -> list[Row]:
+    return [
+        Row("bare", "bare loop", bare_loop),
+        Row("default", "tbhooks default (autoload off)", tbhooks_default, target=0.98),
+        Row("all", "tbhooks all (figures every 1000 steps)", tbhooks_all, target=0.95),
+        Row("measured", "tbhooks default + measure_overhead", tbhooks_measured),
+        Row("flush120", "tbhooks default, flush_secs=120", tbhooks_flush120),
+        Row("tutorial", "tutorial-style SummaryWriter", tutorial),
+        Row("lightning", "Lightning + TensorBoardLogger", lightning, needs="pytorch_lightning"),
+        Row("ignite", "Ignite + TensorboardLogger", ignite, needs="ignite"),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# microbenchmarks
+# ---------------------------------------------------------------------------
+
+
+class Trivial:
+    """A plugin whose ``on_batch_end`` does nothing: what dispatch alone costs."""
+
+    def __init__(self, index: int) -> None:
+        self.name = f"trivial{index}"
+
+    @hookimpl
+    def on_batch_end(self, step: int, loss: Any) -> None:
+        return None
+
+
+def dispatch(config: Config, root: Path) -> dict[str, float]:
+    """One ``on_batch_end`` to 10 trivial plugins: tbhooks' guarded manager vs bare pluggy, and Hooks.batch_end."""
+    import pluggy
+
+    from tbhooks import hookspecs
+    from tbhooks.manager import BUILTIN_PLUGINS, PluginHost, make_plugin_manager
+    from tbhooks.markers import NAME
+
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    out, loss = torch.randn(4, 10), torch.tensor(1.0)
+    kwargs = dict(run=None, step=1, epoch=0, batch_idx=0, inputs=x, targets=y, outputs=out, loss=loss, captured={})
+
+    pm, sources = make_plugin_manager(plugins=[Trivial(i) for i in range(10)], autoload=False, builtins=False)
+    host = PluginHost(pm, sources, strict=False, measure=False, trace=False)
+    guarded = host.hook.on_batch_end
+
+    bare = pluggy.PluginManager(NAME)
+    bare.add_hookspecs(hookspecs)
+    for i in range(10):
+        bare.register(Trivial(i), name=f"trivial{i}")
+    plain = bare.hook.on_batch_end
+
+    measured_pm, measured_sources = make_plugin_manager(
+        plugins=[Trivial(i) for i in range(10)], autoload=False, builtins=False
+    )
+    measuring = PluginHost(measured_pm, measured_sources, strict=False, measure=True, trace=False).hook.on_batch_end
+
+    net = Net()
+    hooks = tbhooks.attach(
+        net,
+        logdir=tempfile.mkdtemp(prefix="dispatch-", dir=root),
+        plugins=[Trivial(i) for i in range(10)],
+        disable=list(BUILTIN_PLUGINS),
+        autoload=False,
+    )
+    hooks.fit_start()
+    hooks.epoch_start()
+
+    def per_call(fn: Callable[[], Any]) -> float:
+        best = min(timeit.repeat(fn, number=config.dispatch_number, repeat=config.dispatch_repeat))
+        return best / config.dispatch_number * 1e6
+
+    # Interleaved, like the main table, so a burst of load hits both.
+    results: dict[str, list[float]] = {"tbhooks": [], "pluggy": [], "measure": [], "batch_end": []}
+    for _ in range(3):
+        results["pluggy"].append(per_call(lambda: plain(**kwargs)))
+        results["tbhooks"].append(per_call(lambda: guarded(**kwargs)))
+        results["measure"].append(per_call(lambda: measuring(**kwargs)))
+        results["batch_end"].append(per_call(lambda: hooks.batch_end(x, y, out, loss)))
+    hooks.close()
+    found = {k: min(v) for k, v in results.items()}
+    found["ratio"] = found["tbhooks"] / found["pluggy"]
+    return found
+
+
+def histograms(config: Config, root: Path) -> dict[str, Any]:
+    """``device_histogram`` + ``add_histogram_raw`` vs ``SummaryWriter.add_histogram`` on one big CPU tensor."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    try:
+        from tbhooks.default_plugins.histograms import device_histogram
+    except ImportError as exc:
+        return {"skipped": f"tbhooks.default_plugins.histograms.device_histogram is missing ({exc})"}
+
+    tensor = torch.randn(config.hist_elements, generator=torch.Generator().manual_seed(1))
+    writer = SummaryWriter(tempfile.mkdtemp(prefix="hist-", dir=root), flush_secs=120)
+    bins = _histogram_bins()
+
+    def ours() -> None:
+        summary = device_histogram(tensor, bins)
+        _write_raw(writer, summary)
+
+    def theirs() -> None:
+        writer.add_histogram("tb", tensor, 0)
+
+    try:
+        ours()  # first call outside the timing; also proves the result can be written
+    except Exception as exc:
+        writer.close()
+        return {"skipped": f"device_histogram/add_histogram_raw failed: {type(exc).__name__}: {exc}"}
+    theirs()
+    ours_s, theirs_s = [], []
+    for _ in range(config.hist_repeat):
+        ours_s.append(min(timeit.repeat(ours, number=1, repeat=1)))
+        theirs_s.append(min(timeit.repeat(theirs, number=1, repeat=1)))
+    writer.close()
+    return {"ours_ms": min(ours_s) * 1e3, "theirs_ms": min(theirs_s) * 1e3, "speedup": min(theirs_s) / min(ours_s)}
+
+
+def _histogram_bins() -> int:
+    """The plugin's default bin count when it exposes one, else 64."""
+    try:
+        from tbhooks.default_plugins.histograms import Histograms
+
+        default = inspect.signature(Histograms).parameters.get("bins")
+        if default is not None and isinstance(default.default, int):
+            return default.default
+    except Exception:
+        pass
+    return 64
+
+
+def _write_raw(writer: Any, summary: Any) -> None:
+    """Write what ``device_histogram`` returned with ``add_histogram_raw``.
+
+    Accepts a mapping of add_histogram_raw's arguments or an object with those
+    attributes (whichever the plugin returns)."""
+    names = ("min", "max", "num", "sum", "sum_squares", "bucket_limits", "bucket_counts")
+    if isinstance(summary, dict):
+        values = {k: summary[k] for k in names}
+    else:
+        values = {k: getattr(summary, k) for k in names}
+    writer.add_histogram_raw("ours", global_step=0, **values)
+
+
+def inline_figure_ms(w: Workload, calls: int) -> float:
+    """What rendering the tutorial's figure on the training thread costs (pyplot + add_figure)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    net = w.model()
+    inputs, labels = next(iter(w.train))
+    writer = SummaryWriter(str(w.logdir("inline-figure")), flush_secs=120)
+    times = []
+    for index in range(calls + 1):
+        started = time.perf_counter()
+        writer.add_figure("predictions vs. actuals", plot_classes_preds(net, inputs, labels), global_step=index)
+        times.append(time.perf_counter() - started)
+    writer.close()
+    return statistics.median(times[1:]) * 1e3
+
+
+def figure_thread_ms(w: Workload) -> dict[str, Any]:
+    """Training-thread time the figures plugin takes per figure, from tbhooks' own per-plugin clock.
+
+    Runs the "all" configuration with ``measure_overhead=True``: the figures
+    plugin's time on the training thread (every hook call it got, its
+    ``run.submit`` and CPU copies included) divided by the figures it
+    produced, counted from the event file."""
+    from tbhooks.testing import read_events
+
+    if not ALL.figures:
+        return {"skipped": "the figures plugin is not installed"}
+    logdir = _tbhooks_fit(w, "figure-thread", autoload=True, plugins=ALL.plugins, measure_overhead=True)
+    events = read_events(logdir)
+    per_step = [p.value for p in events.scalars.get("tbhooks/overhead_ms/figures", [])]
+    figure_tags = [t for t in events.images if not t.startswith(("images/", "train/", "input"))]
+    figures = sum(len(events.images[t]) for t in figure_tags)
+    if not per_step or not figures:
+        return {"skipped": f"no figures-plugin overhead or no figure images written (tags: {sorted(events.images)})"}
+    total_ms = sum(per_step) * len(w.train)  # ms/step per epoch x steps per epoch, summed over epochs
+    return {"ms_per_figure": total_ms / figures, "figures": figures, "tags": figure_tags}
+
+
+# ---------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or "unknown"
+    info = {
+        "CPU": cpu,
+        "cores": str(os.cpu_count()),
+        "torch threads": str(torch.get_num_threads()),
+        "Python": platform.python_version(),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
+    for dist in ("torch", "tensorboard", "pluggy", "tbhooks", "tbhooks-figures", "pytorch-lightning", "pytorch-ignite"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = "not installed"
+    return info
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return "met" if ok else "**missed**"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main_table(rows: list[Row], steps: int) -> tuple[list[list[str]], dict[str, float]]:
+    bare = next(r for r in rows if r.key == "bare")
+    bare_rate = statistics.median(steps / s for s in bare.seconds)
+    out: list[list[str]] = []
+    ratios: dict[str, float] = {}
+    for row in rows:
+        if row.skipped:
+            out.append([row.title, "skipped", "—", "—", "—", row.skipped])
+            continue
+        rates = [steps / s for s in row.seconds]
+        rate = statistics.median(rates)
+        ratio = rate / bare_rate
+        ratios[row.key] = ratio
+        per_rep = [b / s for b, s in zip(bare.seconds, row.seconds, strict=True)]
+        spread = f"{min(per_rep):.3f}–{max(per_rep):.3f}"
+        target = f">= {row.target:.2f}" if row.target is not None else "—"
+        met = verdict(ratio, row.target) if row.target is not None else "—"
+        out.append([row.title, f"{rate:.1f}", f"{ratio:.3f}", spread, target, met])
+    return out, ratios
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+
+def run_rows(w: Workload, rows: list[Row], warmup: Workload) -> None:
+    for row in rows:
+        if row.needs:
+            try:
+                __import__(row.needs)
+            except ImportError as exc:
+                row.skipped = f"{row.needs} not importable ({exc.name or exc}); pip install -e '.[bench]'"
+                print(f"note: skipping {row.title}: {row.skipped}", flush=True)
+    active = [r for r in rows if not r.skipped]
+    print(f"warm-up: every row once on {warmup.steps} steps (imports, first-call costs; not timed)", flush=True)
+    for row in active:
+        row.fn(warmup)
+    MEASURED_LOGDIRS.clear()
+    width = max(len(r.title) for r in active)
+    for rep in range(w.config.reps):
+        shift = rep % len(active)
+        order = active[shift:] + active[:shift]
+        print(f"repetition {rep + 1}/{w.config.reps} (load average {loadavg()})", flush=True)
+        for row in order:
+            gc.collect()
+            torch.set_num_threads(1)
+            started = time.perf_counter()
+            row.fn(w)
+            elapsed = time.perf_counter() - started
+            row.seconds.append(elapsed)
+            print(f"  {row.title:<{width}}  {w.steps / elapsed:8.1f} steps/s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes for the smoke test (numbers meaningless)")
+    parser.add_argument("--reps", type=int, help="repetitions of the main table (default 5; quick 2)")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the results")
+    args = parser.parse_args(argv)
+
+    config = Config.quick_config() if args.quick else Config()
+    if args.reps:
+        config.reps = args.reps
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch.utils.tensorboard")
+    begun = time.perf_counter()
+    info = machine()
+    load_start = loadavg()
+    print("tbhooks benchmark" + (" (--quick: sizes for the smoke test, numbers meaningless)" if config.quick else ""))
+    for key, value in info.items():
+        print(f"  {key}: {value}")
+
+    with tempfile.TemporaryDirectory(prefix="tbhooks-bench-") as tmp:
+        root = Path(tmp)
+        w = make_workload(config, root)
+        warmup = make_workload(config, root, images=min(config.images, 160))
+        warmup.config = Config(**{**config.__dict__, "figure_every": 40})
+        global ALL
+        ALL = all_plugins_setup(config)
+        for note in ALL.notes:
+            print(f"  all row: {note}")
+        rows = make_rows()
+        run_rows(w, rows, warmup)
+        collect_overhead()
+
+        body, ratios = main_table(rows, w.steps)
+        header = ["row", "steps/s (median)", "ratio to bare", "per-rep ratio range", "target", "result"]
+        print()
+        print(table(header, body))
+
+        print("\nmicrobenchmarks", flush=True)
+        disp = dispatch(config, root)
+        print(
+            f"  dispatch: tbhooks {disp['tbhooks']:.2f} us, pluggy {disp['pluggy']:.2f} us, "
+            f"ratio {disp['ratio']:.2f}; with measure_overhead {disp['measure']:.2f} us; "
+            f"Hooks.batch_end {disp['batch_end']:.2f} us",
+            flush=True,
+        )
+        hist = histograms(config, root)
+        print(f"  histograms: {hist}", flush=True)
+        inline_ms = inline_figure_ms(w, config.figure_calls)
+        fig = figure_thread_ms(w)
+        print(f"  figure: inline {inline_ms:.1f} ms; figures plugin {fig}", flush=True)
+
+    elapsed = time.perf_counter() - begun
+    report = render(
+        config=config,
+        info=info,
+        body=body,
+        header=header,
+        ratios=ratios,
+        rows=rows,
+        disp=disp,
+        hist=hist,
+        inline_ms=inline_ms,
+        fig=fig,
+        steps=w.steps,
+        elapsed=elapsed,
+        load=(load_start, loadavg()),
+    )
+    args.out.write_text(report)
+    print(f"\nwrote {args.out} ({elapsed:.0f} s in all)")
+    return 0
+
+
+def render(
+    *,
+    config: Config,
+    info: dict[str, str],
+    body: list[list[str]],
+    header: list[str],
+    ratios: dict[str, float],
+    rows: list[Row],
+    disp: dict[str, float],
+    hist: dict[str, Any],
+    inline_ms: float,
+    fig: dict[str, Any],
+    steps: int,
+    elapsed: float,
+    load: tuple[str, str],
+) -> str:
+    out = io.StringIO()
+
+    def say(text: str = "") -> None:
+        out.write(text + "\n")
+
+    say("# tbhooks benchmark results")
+    say()
+    say("Written by `benchmarks/run.py` (`make bench`); do not edit by hand.")
+    if config.quick:
+        say()
+        say("**--quick run: tiny sizes for the smoke test; these numbers mean nothing.**")
+    say()
+    say("## Machine")
+    say()
+    for key, value in info.items():
+        say(f"- {key}: {value}")
+    say(f"- load average (1/5/15 min) at start: {load[0]}; at end: {load[1]}")
+    say(f"- total time of this benchmark run: {elapsed:.0f} s")
+    say()
+    say("## Overhead: steps/s relative to a bare loop")
+    say()
+    say(
+        f"{steps} training steps per row per repetition (batch size 4, {config.images} images, "
+        f"{config.epochs} epoch(s)), {config.reps} interleaved repetitions, median steps/s per row; "
+        f"ratio = row median / bare-loop median; the range is the spread of the per-repetition ratios."
+    )
+    say()
+    say(table(header, body))
+    say()
+    say("Configuration of the tbhooks rows: " + "; ".join(ALL.notes) + ".")
+    say()
+
+    say("## Microbenchmarks")
+    say()
+    micro: list[list[str]] = []
+    micro.append(
+        [
+            "dispatch: one `on_batch_end` to 10 trivial plugins, tbhooks guarded manager / bare pluggy",
+            f"{disp['tbhooks']:.2f} us / {disp['pluggy']:.2f} us = {disp['ratio']:.2f}x",
+            "<= 1.5x",
+            verdict(disp["ratio"], 1.5, higher_is_better=False),
+        ]
+    )
+    micro.append(
+        [
+            "dispatch with `measure_overhead=True` (per-plugin clock on)",
+            f"{disp['measure']:.2f} us ({disp['measure'] / disp['pluggy']:.2f}x pluggy)",
+            "—",
+            "—",
+        ]
+    )
+    micro.append(
+        [
+            "`Hooks.batch_end` with the same 10 plugins (whole call: output selection, loss sum, dispatch)",
+            f"{disp['batch_end']:.2f} us",
+            "—",
+            "—",
+        ]
+    )
+    if "skipped" in hist:
+        micro.append(["histograms", f"skipped: {hist['skipped']}", ">= 2x", "not measured"])
+    else:
+        micro.append(
+            [
+                f"histogram of a {config.hist_elements:,}-element float32 CPU tensor: "
+                "`SummaryWriter.add_histogram` / `device_histogram` + `add_histogram_raw`",
+                f"{hist['theirs_ms']:.1f} ms / {hist['ours_ms']:.1f} ms = {hist['speedup']:.1f}x",
+                ">= 2x",
+                verdict(hist["speedup"], 2.0),
+            ]
+        )
+    micro.append(["tutorial figure rendered inline (pyplot + `add_figure`)", f"{inline_ms:.1f} ms", "—", "—"])
+    if "skipped" in fig:
+        micro.append(["figures plugin, training-thread time per figure", f"skipped: {fig['skipped']}", "< 1 ms", "—"])
+    else:
+        micro.append(
+            [
+                f"figures plugin, training-thread time per figure ({fig['figures']} figures)",
+                f"{fig['ms_per_figure']:.2f} ms",
+                "< 1 ms",
+                verdict(fig["ms_per_figure"], 1.0, higher_is_better=False),
+            ]
+        )
+    if "default" in ratios and "flush120" in ratios:
+        micro.append(
+            [
+                "flush interval: steps/s with `flush_secs=2` / with `flush_secs=120` (default plugins)",
+                f"{ratios['default'] / ratios['flush120']:.3f}",
+                "—",
+                "—",
+            ]
+        )
+    if "default" in ratios and "measured" in ratios:
+        micro.append(
+            [
+                "`measure_overhead=True`: steps/s with / without (default plugins)",
+                f"{ratios['measured'] / ratios['default']:.3f}",
+                "—",
+                "—",
+            ]
+        )
+    say(table(["measurement", "result", "target", "result vs target"], micro))
+    say()
+    if OVERHEAD_SEEN:
+        say("Per-plugin cost measured by tbhooks itself (`measure_overhead=True`, `tbhooks/overhead_ms/<plugin>`),")
+        say("median over the repetitions, in ms per training step (all of a plugin's hook calls in the epoch / steps):")
+        say()
+        bare = next(r for r in rows if r.key == "bare")
+        step_ms = statistics.median(bare.seconds) / steps * 1e3
+        say(
+            table(
+                ["plugin", "ms/step", "share of a bare step"],
+                [
+                    [name, f"{statistics.median(v):.4f}", f"{statistics.median(v) / step_ms:.2%}"]
+                    for name, v in sorted(OVERHEAD_SEEN.items(), key=lambda kv: -statistics.median(kv[1]))
+                ],
+            )
+        )
+        say()
+        say(f"(a bare step takes {step_ms:.3f} ms here)")
+        say()
+
+    say("## How measured")
+    say()
+    say(
+        "- Workload: the PyTorch TensorBoard tutorial's network, SGD(lr=0.001, momentum=0.9), cross-entropy; "
+        "synthetic data (random 28x28 images, 10 classes) pre-built in a TensorDataset, DataLoader with "
+        "batch size 4, no workers, no shuffling; every row starts from the same initial weights; "
+        "`torch.set_num_threads(1)`."
+    )
+    say(
+        "- Each row is timed from creating its logger (Trainer, SummaryWriter, Lightning Trainer, Ignite engine) "
+        "to its logs being closed, so one-time costs (writer start, graph tracing, Lightning's set-up) count. "
+        "A warm-up pass runs every row once first (imports), untimed."
+    )
+    say(
+        f"- The tbhooks rows pass an evaluation loader of {config.eval_images} images (one batch), evaluated "
+        f"after every epoch ({len_train(config)} steps): the evaluation's forward pass counts against tbhooks; "
+        "the other rows do not evaluate. The default row uses `autoload=False` (entry points, hence the "
+        "figures plugin, not loaded); the all row loads entry points and passes the plugin instances listed above."
+    )
+    say(
+        "- Tutorial row: `loss.item()` every step, `add_scalar` and the tutorial's `plot_classes_preds` pyplot "
+        f"figure with `add_figure` every {config.figure_every} steps on the training thread; SummaryWriter "
+        "defaults (flush_secs=120)."
+    )
+    say(
+        "- Lightning row: LightningModule calling `self.log('train_loss', loss)`, TensorBoardLogger, default "
+        "`log_every_n_steps` (50), progress bar, checkpointing and model summary off. Ignite row: "
+        "`create_supervised_trainer` (its default output transform reads `loss.item()` every step) and "
+        "TensorboardLogger's OutputHandler every 50 iterations."
+    )
+    say(
+        "- Dispatch: `timeit`, best of several repeats, interleaved; the tbhooks manager is the one "
+        "`tbhooks.manager.PluginHost` builds (fault isolation on, tracing off)."
+    )
+    say(
+        "- Histograms: best of the repeats; `add_histogram` (numpy on the CPU, default bins) writing to a "
+        "temporary log directory vs `device_histogram` (torch) + `add_histogram_raw` to the same writer."
+    )
+    say(
+        "- The machine is shared (see the load averages above): ratios within a few percent of a target "
+        "are within the noise; the per-repetition range shows how large that noise was."
+    )
+    return out.getvalue()
+
+
+def len_train(config: Config) -> int:
+    return config.images // 4
+
+
+if __name__ == "__main__":
+    sys.exit(main())

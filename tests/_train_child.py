@@ -1,0 +1,51 @@
+"""A slow training run for the signal tests: prints each step once its loss has been handed to the writer.
+
+Usage: python _train_child.py LOGDIR FLUSH_SECS
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+from torch import nn
+
+import tbhooks
+from tbhooks.default_plugins.scalars import Scalars
+
+
+class Announce:
+    name = "announce"
+
+    @tbhooks.hookimpl(trylast=True)  # after the scalars plugin has written this step
+    def on_batch_end(self, step):
+        print(f"step {step}", flush=True)
+
+
+def slow_loss(prediction, targets):
+    time.sleep(0.02)
+    return nn.functional.cross_entropy(prediction, targets)
+
+
+def main() -> None:
+    logdir, flush_secs = sys.argv[1], float(sys.argv[2])
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(4000, 6), torch.randint(0, 3, (4000,)))
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    trainer = tbhooks.Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        slow_loss,
+        logdir=logdir,
+        plugins=[Scalars(every_n_steps=1), Announce()],
+        disable=["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"],
+        autoload=False,
+        flush_secs=flush_secs,
+        progress=False,
+    )
+    trainer.fit(torch.utils.data.DataLoader(data, batch_size=4), epochs=100)
+
+
+if __name__ == "__main__":
+    main()

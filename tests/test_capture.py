@@ -1,0 +1,130 @@
+"""Module hooks: registered only on due steps, always removed, training mode restored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _support import classification_data, hook_counts, loader, mlp
+from torch import nn
+
+import tbhooks
+from tbhooks import Capture
+
+QUIET = ["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"]
+
+
+class Wants:
+    """Asks for the first layer's output every 3 steps and at eval, and the last layer's output gradient."""
+
+    name = "wants"
+
+    def __init__(self) -> None:
+        self.train: list[tuple[int, dict[str, tuple[int, ...]]]] = []
+        self.eval: list[dict[str, tuple[int, ...]]] = []
+        self.seen_hooks: list[int] = []
+
+    @tbhooks.hookimpl
+    def on_capture_request(self):
+        return [
+            Capture("0", "output", every_n_steps=3, at_eval=True),
+            Capture("2", "grad_output", every_n_steps=3),
+            Capture("2", "input", at_eval=True),
+        ]
+
+    @tbhooks.hookimpl
+    def on_batch_end(self, run, step, captured):
+        self.train.append((step, {k: tuple(v.shape) for k, v in captured.items()}))
+        self.seen_hooks.append(sum(map(sum, hook_counts(run.model))))
+
+    @tbhooks.hookimpl
+    def on_eval_batch_end(self, captured):
+        self.eval.append({k: tuple(v.shape) for k, v in captured.items()})
+
+
+def make(tmp_path, plugin, loss_fn=nn.functional.cross_entropy):
+    model = mlp()
+    trainer = tbhooks.Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn,
+        logdir=tmp_path,
+        plugins=[plugin],
+        disable=QUIET,
+        autoload=False,
+    )
+    return model, trainer
+
+
+def test_captures_only_on_due_steps_and_at_eval(tmp_path):
+    plugin = Wants()
+    model, trainer = make(tmp_path, plugin)
+    before = hook_counts(model)
+    data = loader(classification_data(n=48))  # 6 batches of 8
+    trainer.fit(data, epochs=1, eval_loader=loader(classification_data(n=16)))
+    due = {"output:0": (8, 16), "grad_output:2": (8, 3)}
+    assert plugin.train == [(1, {}), (2, {}), (3, due), (4, {}), (5, {}), (6, due)]
+    assert plugin.eval == [{"output:0": (8, 16), "input:2": (8, 16)}] * 2
+    assert plugin.seen_hooks == [0] * 6, "hooks are gone by the time on_batch_end runs"
+    assert hook_counts(model) == before
+    assert model.training
+
+
+def test_hooks_removed_and_mode_restored_after_an_exception(tmp_path):
+    calls = {"n": 0}
+
+    def failing(prediction, targets):
+        calls["n"] += 1
+        if calls["n"] == 3:  # step 3 is a capture step: its hooks are registered when this raises
+            raise ValueError("bad batch")
+        return nn.functional.cross_entropy(prediction, targets)
+
+    model, trainer = make(tmp_path, Wants(), failing)
+    before = hook_counts(model)
+    with pytest.raises(ValueError, match="bad batch"):
+        trainer.fit(loader(classification_data(n=48)), epochs=1)
+    assert hook_counts(model) == before
+    assert model.training
+
+
+def test_hooks_removed_when_a_custom_loop_closes_mid_step(tmp_path):
+    model = mlp()
+    model.eval()  # the user's mode is restored, whatever it was
+    hooks = tbhooks.attach(model, logdir=tmp_path, plugins=[Wants()], disable=QUIET, autoload=False)
+    before = hook_counts(model)
+    hooks.fit_start()
+    hooks.step = 2  # the next step is a capture step
+    hooks.batch_start()
+    assert sum(map(sum, hook_counts(model))) == 2
+    model.train()
+    hooks.close()
+    hooks.close()  # idempotent
+    assert hook_counts(model) == before
+    assert not model.training
+
+
+def test_hooks_removed_during_eval_exception(tmp_path):
+    model = mlp()
+    hooks = tbhooks.attach(model, logdir=tmp_path, plugins=[Wants()], disable=QUIET, autoload=False)
+    before = hook_counts(model)
+    with pytest.raises(KeyboardInterrupt), hooks:
+        hooks.eval_start()
+        assert sum(map(sum, hook_counts(model))) == 2
+        raise KeyboardInterrupt
+    assert hook_counts(model) == before
+
+
+def test_capture_requests_are_validated(tmp_path):
+    with pytest.raises(ValueError, match=r"Capture\(kind=...\) expects one of output, input, grad_output"):
+        Capture("0", kind="weights")
+    with pytest.raises(ValueError, match=r"every_n_steps=...\) expects an int >= 0"):
+        Capture("0", every_n_steps=-1)
+
+    class Unknown:
+        @tbhooks.hookimpl
+        def on_capture_request(self):
+            return [Capture("decoder.fc")]
+
+    hooks = tbhooks.attach(mlp(), logdir=tmp_path, plugins=[Unknown()], disable=QUIET, autoload=False, strict=True)
+    with pytest.raises(ValueError, match=r"Capture\(module='decoder.fc'\): no such submodule; known: '', '0'"):
+        hooks.fit_start()
+    hooks.close()

@@ -1,0 +1,105 @@
+"""A plugin that raises is reported once, unregistered, and the run goes on; strict mode re-raises."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from _support import classification_data, loader, mlp
+from torch import nn
+
+import tbhooks
+from tbhooks import PluginFaultWarning
+from tbhooks.testing import read_events
+
+QUIET = ["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"]
+
+
+class Faulty:
+    name = "faulty"
+
+    def __init__(self, hook: str, after: int = 0) -> None:
+        self.hook, self.after, self.calls = hook, after, 0
+
+    def _maybe_fail(self, hook: str) -> None:
+        if hook == self.hook:
+            self.calls += 1
+            if self.calls > self.after:
+                raise ZeroDivisionError(f"faulty plugin broke in {hook}")
+
+    @tbhooks.hookimpl
+    def on_batch_end(self):
+        self._maybe_fail("on_batch_end")
+
+    @tbhooks.hookimpl
+    def on_eval(self):
+        self._maybe_fail("on_eval")
+
+    @tbhooks.hookimpl
+    def on_epoch_end(self):
+        self._maybe_fail("on_epoch_end")
+
+
+class Background:
+    name = "background"
+
+    @tbhooks.hookimpl
+    def on_epoch_end(self, run):
+        run.submit(self.render)
+
+    def render(self):
+        raise OSError("disk on fire")
+
+
+def trainer(tmp_path, *plugins, **options):
+    model = mlp()
+    return tbhooks.Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.functional.cross_entropy,
+        logdir=tmp_path,
+        plugins=list(plugins),
+        disable=QUIET,
+        autoload=False,
+        **options,
+    )
+
+
+@pytest.mark.parametrize("hook", ["on_batch_end", "on_epoch_end", "on_eval"])
+def test_faulty_plugin_is_reported_once_and_the_run_goes_on(tmp_path, hook, caplog):
+    faulty = Faulty(hook, after=1)
+    fit = trainer(tmp_path, faulty)
+    data = loader(classification_data(n=32))
+    with pytest.warns(PluginFaultWarning) as caught, caplog.at_level(logging.WARNING, logger="tbhooks"):
+        metrics = fit.fit(data, epochs=3, eval_loader=data)
+    assert len(caught) == 1
+    text = str(caught[0].message)
+    assert f"plugin 'faulty' raised in {hook}" in text
+    assert "ZeroDivisionError: faulty plugin broke" in text and "Traceback" in text
+    assert faulty.calls == 2, "called until it failed, never again"
+    assert set(fit.hooks.faults) == {"faulty"}
+    assert "faulty: " + hook in caplog.text, "the fit-end summary lists the disabled plugin"
+    # Every other plugin went on: all epochs' scalars are there.
+    events = read_events(tmp_path)
+    assert events.steps("train/epoch_loss") == [4, 8, 12]
+    assert len(events.steps("eval/accuracy")) == 3 and "accuracy" in metrics
+
+
+def test_background_task_errors_are_attributed_to_their_plugin(tmp_path):
+    fit = trainer(tmp_path, Background())
+    with pytest.warns(PluginFaultWarning, match=r"(?s)plugin 'background' raised in background task.*disk on fire"):
+        fit.fit(loader(classification_data(n=16)), epochs=2)
+    assert set(fit.hooks.faults) == {"background"}
+    assert read_events(tmp_path).steps("train/epoch_loss") == [2, 4]
+
+
+def test_strict_reraises(tmp_path):
+    with pytest.raises(ZeroDivisionError, match="faulty plugin broke in on_batch_end"):
+        trainer(tmp_path, Faulty("on_batch_end"), strict=True).fit(loader(classification_data()), epochs=1)
+
+
+def test_strict_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TBHOOKS_STRICT", "1")
+    with pytest.raises(ZeroDivisionError):
+        trainer(tmp_path, Faulty("on_eval")).fit(loader(classification_data()), epochs=1, eval_loader=loader(classification_data()))
