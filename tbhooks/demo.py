@@ -213,20 +213,28 @@ def make_loaders(data: DemoData, batch_size: int, seed: int = 0) -> tuple[DataLo
 # ---------------------------------------------------------------------------
 
 
-def demo_plugins() -> list[object]:
-    """The built-ins configured for this small data set (each replaces its default by name).
+def demo_plugins(steps_per_epoch: int, epochs: int) -> list[object]:
+    """The built-ins configured for the demo's small data (each replaces its default by name).
 
-    Plugins not listed here run with their defaults; ``figures`` and other
-    installed distributions come through their entry points.
+    The intervals follow the epoch length, so a short run still fills every
+    dashboard: scalars about 5 times and histograms about twice per epoch,
+    one embedding at the last evaluation.  ``graph``, ``pr_curves`` and
+    ``hparams`` keep their defaults; ``figures`` and other installed
+    distributions come through their entry points.
     """
+    from tbhooks.default_plugins.embeddings import Embeddings
+    from tbhooks.default_plugins.histograms import Histograms
     from tbhooks.default_plugins.images import Images
     from tbhooks.default_plugins.scalars import Scalars
 
     return [
-        # A point every 10 steps: an epoch of the digits has 45 steps.
-        Scalars(every_n_steps=10),
-        # Undo the normalisation so the grid shows the digits as they look.
+        Scalars(every_n_steps=max(1, steps_per_epoch // 5)),
+        # (MEAN,)/(STD,) undo the normalisation, so the images look like the digits.
         Images(mean=(MEAN,), std=(STD,)),
+        # Activations of every layer, captured by module hooks on the logging steps only.
+        Histograms(every_n_steps=max(1, steps_per_epoch // 2), activations=["conv1", "conv2", "fc1", "fc2", "fc3"]),
+        # The 84 features fc3 reads, of up to 1000 test images, with the images as sprites.
+        Embeddings(every_n_evals=epochs, mean=(MEAN,), std=(STD,)),
     ]
 
 
@@ -524,18 +532,17 @@ def run(args: argparse.Namespace, stream: Any = None) -> DemoResult:
         # The network is tiny: more than a few threads only add synchronisation.
         torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.dataset]
-    plugins = [*demo_plugins(), EpochPrinter(epochs, stream)]
     disable = list(dict.fromkeys(args.disable))
     try:
-        # Builds and discards a manager: unknown names in --disable fail before any data is loaded.
-        make_plugin_manager(plugins=plugins, disable=disable)
+        # A manager built and dropped: an unknown name in --disable fails before any data is loaded.
+        make_plugin_manager(plugins=[*demo_plugins(1, 1), EpochPrinter(epochs)], disable=disable)
     except (ValueError, TypeError) as exc:
         raise DemoError(f"--disable: {_one_line(exc)}") from None
     notes = []
     if FIGURES_PLUGIN not in installed_plugin_names():
         notes.append(
-            "the figures plugin is not installed (pip install -e plugins/tbhooks-figures); "
-            "the confusion-matrix and sample-prediction figures are missing"
+            "the figures plugin is not installed (pip install -e plugins/tbhooks-figures), "
+            "so the IMAGES dashboard has no prediction or confusion-matrix figures"
         )
 
     if args.dataset == "digits":
@@ -545,6 +552,8 @@ def run(args: argparse.Namespace, stream: Any = None) -> DemoResult:
     data = data.limited(args.limit)
     if len(data.train) == 0 or len(data.test) == 0:
         raise DemoError(f"the {data.name} data has an empty split ({len(data.train)} train, {len(data.test)} test)")
+    steps_per_epoch = -(-len(data.train) // args.batch_size)
+    plugins = [*demo_plugins(steps_per_epoch, epochs), EpochPrinter(epochs, stream)]
 
     torch.manual_seed(args.seed)
     model = Net(classes=len(data.class_names))

@@ -37,8 +37,7 @@ Empty tensors are skipped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -47,7 +46,7 @@ from tbhooks.default_plugins._options import check_bool, check_int
 from tbhooks.markers import hookimpl
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
     from tbhooks.run import Run
 
@@ -140,9 +139,7 @@ def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
         index = torch.where(finite, position, float(bins)).long()
         buckets.scatter_add_(0, index, torch.ones(1, dtype=torch.int64, device=flat.device).expand_as(index))
 
-    stats = torch.stack(
-        [low.to(out), high.to(out), num.to(out), total.to(out), square.to(out), (numel - num).to(out)]
-    )
+    stats = torch.stack([low.to(out), high.to(out), num.to(out), total.to(out), square.to(out), (numel - num).to(out)])
     return torch.cat([stats, buckets[:bins].to(out)])
 
 

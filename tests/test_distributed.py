@@ -1,0 +1,46 @@
+"""Under torchrun (2 processes, gloo on the CPU) only rank 0 writes, and evaluation covers the whole set."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tbhooks.testing import read_events
+
+CHILD = Path(__file__).with_name("_ddp_child.py")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_one_event_stream(tmp_path):
+    logdir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(CHILD), str(logdir)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = sorted(p.name for p in logdir.iterdir() if p.name.startswith("events.out.tfevents"))
+    assert len(files) == 1, files
+
+    # Both ranks computed the same metrics from the gathered evaluation set.
+    reports = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert len(reports) == 2
+    assert reports[0].split(" ", 2)[2] == reports[1].split(" ", 2)[2]
+
+    events = read_events(logdir)
+    assert events.values("probe/eval_samples") == [37.0, 37.0], "every rank's share, none padded"
+    assert events.values("probe/rank") == [0.0, 0.0], "only rank 0 wrote"
+    torch.manual_seed(0)
+    labels = torch.randn(64, 6)[:37, :3].argmax(1)  # the child's evaluation labels
+    assert events.values("probe/eval_label_sum") == [float(labels.sum())] * 2, "each sample gathered exactly once"
+    assert events.steps("train/epoch_loss") == [4, 8], "64 samples / 2 ranks / batch 8 = 4 steps an epoch"
+    # PR curves: at the lowest threshold TP + FP + TN + FN counts every evaluation sample once.
+    for tag in ("pr_curves/a", "pr_curves/b", "pr_curves/c"):
+        assert tag in events.pr_curves, sorted(events.pr_curves)
+        for _, table in events.pr_curves[tag]:
+            assert table[:4, 0].sum() == 37
