@@ -73,7 +73,7 @@ class Config:
     epochs: int = 1
     reps: int = 5
     figure_every: int = 1000  # the tutorial's rate: a figure (and an evaluation) every 1000 steps
-    eval_images: int = 100
+    eval_images: int = 64
     histogram_every: int = 100  # "all" row: weights, gradients and activations every 100 steps
     hist_elements: int = 20_000_000
     hist_repeat: int = 3
@@ -187,7 +187,7 @@ def bare_loop(w: Workload) -> None:
             opt.step()
 
 
-def _tbhooks_fit(w: Workload, name: str, **options: Any) -> Path:
+def _tbhooks_fit(w: Workload, name: str, *, evaluate: bool = False, **options: Any) -> Path:
     net = w.model()
     logdir = w.logdir(name)
     trainer = tbhooks.Trainer(
@@ -200,12 +200,12 @@ def _tbhooks_fit(w: Workload, name: str, **options: Any) -> Path:
         class_names=list(CLASSES),
         **options,
     )
-    trainer.fit(w.train, epochs=w.config.epochs, eval_loader=w.eval)
+    trainer.fit(w.train, epochs=w.config.epochs, eval_loader=w.eval if evaluate else None)
     return logdir
 
 
 def tbhooks_default(w: Workload) -> None:
-    """Every built-in plugin at its default settings; entry points not loaded (``autoload=False``)."""
+    """Every built-in plugin at its default settings, training only; entry points not loaded (``autoload=False``)."""
     _tbhooks_fit(w, "default", autoload=False)
 
 
@@ -244,37 +244,25 @@ class AllPlugins:
 
 
 def all_plugins_setup(config: Config) -> AllPlugins:
-    """Every plugin on: built-ins with histograms of weights, gradients and activations every
-    ``histogram_every`` steps, and the ``figures`` plugin rendering at each evaluation."""
+    """Every plugin on: histograms of weights, gradients and every leaf module's activations every
+    ``histogram_every`` steps, input images every epoch, the other built-ins at their defaults, and the
+    ``figures`` plugin (entry point) drawing at every evaluation, i.e. every ``figure_every`` steps."""
+    from tbhooks.default_plugins.histograms import Histograms
+    from tbhooks.default_plugins.images import Images
+
     setup = AllPlugins()
+    setup.plugins.append(Histograms(every_n_steps=config.histogram_every, activations="all"))
+    setup.notes.append(f"Histograms(every_n_steps={config.histogram_every}, activations='all')")
+    setup.plugins.append(Images(every_n_epochs=1))
+    setup.notes.append("Images(every_n_epochs=1)")
+    setup.notes.append("graph, scalars, embeddings, pr_curves, hparams at their defaults")
     try:
-        from tbhooks.default_plugins.histograms import Histograms
+        from tbhooks_figures import Figures  # noqa: F401  (found and registered through its entry point)
 
-        params = inspect.signature(Histograms).parameters
-        options: dict[str, Any] = {}
-        if "every_n_steps" in params:
-            options["every_n_steps"] = config.histogram_every
-        if "activations" in params:
-            options["activations"] = True
-        for flag in ("weights", "gradients", "grads"):
-            if flag in params:
-                options[flag] = True
-        setup.plugins.append(Histograms(**options))
-        setup.notes.append(f"Histograms({', '.join(f'{k}={v!r}' for k, v in options.items())})")
-    except Exception as exc:  # a placeholder or changed API: the row says so rather than failing
-        setup.notes.append(f"histograms at defaults ({type(exc).__name__}: {exc})")
-    try:
-        from tbhooks_figures import Figures  # type: ignore[import-not-found]
-
-        params = inspect.signature(Figures).parameters
-        options = {}
-        if "every_n_evals" in params:
-            options["every_n_evals"] = 1
-        setup.plugins.append(Figures(**options))
         setup.figures = True
-        setup.notes.append(f"Figures({', '.join(f'{k}={v!r}' for k, v in options.items())}) at every evaluation")
-    except Exception as exc:
-        setup.notes.append(f"no figures plugin ({type(exc).__name__}: {exc})")
+        setup.notes.append("figures (entry point, defaults: a predictions figure and a confusion matrix per evaluation)")
+    except ImportError as exc:
+        setup.notes.append(f"NO figures plugin ({exc}): install plugins/tbhooks-figures")
     return setup
 
 
@@ -283,7 +271,7 @@ ALL = AllPlugins()
 
 def tbhooks_all(w: Workload) -> None:
     """Every plugin on, figures included, with an evaluation (and so a figure) every ``figure_every`` steps."""
-    _tbhooks_fit(w, "all", autoload=True, plugins=ALL.plugins)
+    _tbhooks_fit(w, "all", evaluate=True, autoload=True, plugins=ALL.plugins)
 
 
 def _to_probabilities(net: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, list[float]]:
@@ -494,63 +482,49 @@ def dispatch(config: Config, root: Path) -> dict[str, float]:
 
 
 def histograms(config: Config, root: Path) -> dict[str, Any]:
-    """``device_histogram`` + ``add_histogram_raw`` vs ``SummaryWriter.add_histogram`` on one big CPU tensor."""
+    """``device_histogram`` + ``add_histogram_raw`` vs ``SummaryWriter.add_histogram`` on one big CPU tensor.
+
+    Both write the histogram to a writer on a temporary log directory; each
+    side is timed best of ``hist_repeat``, the two interleaved."""
     from torch.utils.tensorboard import SummaryWriter
 
-    try:
-        from tbhooks.default_plugins.histograms import device_histogram
-    except ImportError as exc:
-        return {"skipped": f"tbhooks.default_plugins.histograms.device_histogram is missing ({exc})"}
+    from tbhooks.default_plugins.histograms import Histograms, device_histogram
 
+    bins = inspect.signature(Histograms).parameters["bins"].default  # the plugin's default bucket count
     tensor = torch.randn(config.hist_elements, generator=torch.Generator().manual_seed(1))
     writer = SummaryWriter(tempfile.mkdtemp(prefix="hist-", dir=root), flush_secs=120)
-    bins = _histogram_bins()
 
     def ours() -> None:
-        summary = device_histogram(tensor, bins)
-        _write_raw(writer, summary)
+        h = device_histogram(tensor, bins)
+        writer.add_histogram_raw(
+            "ours",
+            min=h.min,
+            max=h.max,
+            num=h.num,
+            sum=h.sum,
+            sum_squares=h.sum_squares,
+            bucket_limits=h.bucket_limits,
+            bucket_counts=h.bucket_counts,
+            global_step=0,
+        )
 
     def theirs() -> None:
-        writer.add_histogram("tb", tensor, 0)
+        writer.add_histogram("theirs", tensor, 0)
 
-    try:
-        ours()  # first call outside the timing; also proves the result can be written
-    except Exception as exc:
-        writer.close()
-        return {"skipped": f"device_histogram/add_histogram_raw failed: {type(exc).__name__}: {exc}"}
-    theirs()
     ours_s, theirs_s = [], []
     for _ in range(config.hist_repeat):
-        ours_s.append(min(timeit.repeat(ours, number=1, repeat=1)))
-        theirs_s.append(min(timeit.repeat(theirs, number=1, repeat=1)))
+        for fn, times in ((theirs, theirs_s), (ours, ours_s)):
+            gc.collect()
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
     writer.close()
-    return {"ours_ms": min(ours_s) * 1e3, "theirs_ms": min(theirs_s) * 1e3, "speedup": min(theirs_s) / min(ours_s)}
-
-
-def _histogram_bins() -> int:
-    """The plugin's default bin count when it exposes one, else 64."""
-    try:
-        from tbhooks.default_plugins.histograms import Histograms
-
-        default = inspect.signature(Histograms).parameters.get("bins")
-        if default is not None and isinstance(default.default, int):
-            return default.default
-    except Exception:
-        pass
-    return 64
-
-
-def _write_raw(writer: Any, summary: Any) -> None:
-    """Write what ``device_histogram`` returned with ``add_histogram_raw``.
-
-    Accepts a mapping of add_histogram_raw's arguments or an object with those
-    attributes (whichever the plugin returns)."""
-    names = ("min", "max", "num", "sum", "sum_squares", "bucket_limits", "bucket_counts")
-    if isinstance(summary, dict):
-        values = {k: summary[k] for k in names}
-    else:
-        values = {k: getattr(summary, k) for k in names}
-    writer.add_histogram_raw("ours", global_step=0, **values)
+    return {
+        "ours_ms": min(ours_s) * 1e3,
+        "theirs_ms": min(theirs_s) * 1e3,
+        "speedup": min(theirs_s) / min(ours_s),
+        "bins": bins,
+    }
 
 
 def inline_figure_ms(w: Workload, calls: int) -> float:
@@ -882,13 +856,11 @@ def render(
             "—",
         ]
     )
-    if "skipped" in hist:
-        micro.append(["histograms", f"skipped: {hist['skipped']}", ">= 2x", "not measured"])
-    else:
+    if True:
         micro.append(
             [
                 f"histogram of a {config.hist_elements:,}-element float32 CPU tensor: "
-                "`SummaryWriter.add_histogram` / `device_histogram` + `add_histogram_raw`",
+                f"`SummaryWriter.add_histogram` / `device_histogram` ({hist['bins']} bins) + `add_histogram_raw`",
                 f"{hist['theirs_ms']:.1f} ms / {hist['ours_ms']:.1f} ms = {hist['speedup']:.1f}x",
                 ">= 2x",
                 verdict(hist["speedup"], 2.0),

@@ -33,6 +33,7 @@ import os
 import signal
 import threading
 import weakref
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,7 +45,6 @@ from tbhooks.run import Run, check_logdir, distributed_rank, open_writer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
-    from pathlib import Path
     from types import FrameType, TracebackType
 
     from torch import nn
@@ -158,7 +158,9 @@ class Hooks:
 
         self.strict = env_flag("TBHOOKS_STRICT") if strict is None else bool(strict)
         pm, sources = make_plugin_manager(plugins=plugins, disable=disable, autoload=autoload)
-        path = check_logdir(logdir)
+        rank, world_size = distributed_rank()
+        # Only the writing rank touches the file system: other ranks never create directories.
+        path = check_logdir(logdir) if rank == 0 else Path(logdir)
         self.model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.output = output
         self.stop_on_nonfinite = stop_on_nonfinite
@@ -172,7 +174,6 @@ class Hooks:
             pm, sources, strict=self.strict, measure=measure_overhead, trace=env_flag("TBHOOKS_TRACE")
         )
         self._measure = measure_overhead
-        rank, world_size = distributed_rank()
         writer = open_writer(
             path, rank=rank, flush_secs=float(flush_secs), purge_step=start_step + 1 if start_step else None
         )

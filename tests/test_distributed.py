@@ -18,7 +18,16 @@ CHILD = Path(__file__).with_name("_ddp_child.py")
 def test_torchrun_two_processes_one_event_stream(tmp_path):
     logdir = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(CHILD), str(logdir)],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(CHILD),
+            str(logdir),
+        ],
         capture_output=True,
         text=True,
         timeout=240,

@@ -102,4 +102,6 @@ def test_strict_reraises(tmp_path):
 def test_strict_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TBHOOKS_STRICT", "1")
     with pytest.raises(ZeroDivisionError):
-        trainer(tmp_path, Faulty("on_eval")).fit(loader(classification_data()), epochs=1, eval_loader=loader(classification_data()))
+        trainer(tmp_path, Faulty("on_eval")).fit(
+            loader(classification_data()), epochs=1, eval_loader=loader(classification_data())
+        )

@@ -135,7 +135,9 @@ def test_entry_point_forms(tmp_path, monkeypatch):
             return Counter()
         """,
     )
-    (tmp_path / "tbhooks_factory-1.2.3.dist-info" / "entry_points.txt").write_text("[tbhooks]\nfactory = tbhooks_factory:make\n")
+    (tmp_path / "tbhooks_factory-1.2.3.dist-info" / "entry_points.txt").write_text(
+        "[tbhooks]\nfactory = tbhooks_factory:make\n"
+    )
     first, _ = make_plugin_manager()
     second, sources = make_plugin_manager()
     assert type(first.get_plugin("factory")).__name__ == "Counter"

@@ -52,7 +52,7 @@ def test_signal_flushes_everything_and_keeps_the_usual_exit_status(tmp_path, sig
     assert proc.returncode == status, err
     assert message in err
     steps = read_events(tmp_path).steps("train/loss")
-    assert steps[: announced] == list(range(1, announced + 1))
+    assert steps[:announced] == list(range(1, announced + 1))
 
 
 @pytest.mark.slow
