@@ -46,15 +46,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-import tbhooks  # noqa: E402
-from tbhooks.markers import hookimpl  # noqa: E402
+import tbhooks
+from tbhooks.markers import hookimpl
 
 HERE = Path(__file__).resolve().parent
 CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
@@ -118,11 +117,11 @@ class Net(nn.Module):
         self.fc3 = nn.Linear(84, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
         x = x.flatten(1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
         return self.fc3(x)
 
 
@@ -260,7 +259,7 @@ def all_plugins_setup(config: Config) -> AllPlugins:
         from tbhooks_figures import Figures  # noqa: F401  (found and registered through its entry point)
 
         setup.figures = True
-        setup.notes.append("figures (entry point, defaults: a predictions figure and a confusion matrix per evaluation)")
+        setup.notes.append("figures (entry point, defaults: predictions figure + confusion matrix per evaluation)")
     except ImportError as exc:
         setup.notes.append(f"NO figures plugin ({exc}): install plugins/tbhooks-figures")
     return setup
@@ -279,7 +278,7 @@ def _to_probabilities(net: nn.Module, images: torch.Tensor) -> tuple[np.ndarray,
     output = net(images)
     _, predicted = torch.max(output, 1)
     predictions = np.squeeze(predicted.numpy())
-    return predictions, [F.softmax(row, dim=0)[int(i)].item() for i, row in zip(predictions, output, strict=True)]
+    return predictions, [torch.softmax(row, dim=0)[int(i)].item() for i, row in zip(predictions, output, strict=True)]
 
 
 def plot_classes_preds(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> plt.Figure:
@@ -856,16 +855,15 @@ def render(
             "—",
         ]
     )
-    if True:
-        micro.append(
-            [
-                f"histogram of a {config.hist_elements:,}-element float32 CPU tensor: "
-                f"`SummaryWriter.add_histogram` / `device_histogram` ({hist['bins']} bins) + `add_histogram_raw`",
-                f"{hist['theirs_ms']:.1f} ms / {hist['ours_ms']:.1f} ms = {hist['speedup']:.1f}x",
-                ">= 2x",
-                verdict(hist["speedup"], 2.0),
-            ]
-        )
+    micro.append(
+        [
+            f"histogram of a {config.hist_elements:,}-element float32 CPU tensor: "
+            f"`SummaryWriter.add_histogram` / `device_histogram` ({hist['bins']} bins) + `add_histogram_raw`",
+            f"{hist['theirs_ms']:.1f} ms / {hist['ours_ms']:.1f} ms = {hist['speedup']:.1f}x",
+            ">= 2x",
+            verdict(hist["speedup"], 2.0),
+        ]
+    )
     micro.append(["tutorial figure rendered inline (pyplot + `add_figure`)", f"{inline_ms:.1f} ms", "—", "—"])
     if "skipped" in fig:
         micro.append(["figures plugin, training-thread time per figure", f"skipped: {fig['skipped']}", "< 1 ms", "—"])

@@ -128,3 +128,18 @@ def test_capture_requests_are_validated(tmp_path):
     with pytest.raises(ValueError, match=r"Capture\(module='decoder.fc'\): no such submodule; known: '', '0'"):
         hooks.fit_start()
     hooks.close()
+
+
+def test_two_runs_in_one_process_share_no_module_hook(tmp_path):
+    shared_model = mlp()
+    first = tbhooks.attach(shared_model, logdir=tmp_path / "a", plugins=[Wants()], disable=QUIET, autoload=False)
+    second = tbhooks.attach(shared_model, logdir=tmp_path / "b", disable=QUIET, autoload=False)
+    with first, second:
+        first.step = second.step = 2
+        second.batch_start()  # second asked for nothing: registers nothing
+        assert sum(map(sum, hook_counts(shared_model))) == 0
+        first.batch_start()
+        assert sum(map(sum, hook_counts(shared_model))) == 2
+        second.close()  # closing the other run leaves first's hooks alone
+        assert sum(map(sum, hook_counts(shared_model))) == 2
+    assert sum(map(sum, hook_counts(shared_model))) == 0

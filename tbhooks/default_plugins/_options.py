@@ -6,7 +6,7 @@ from typing import Any
 
 
 def check_int(plugin: str, option: str, value: Any, *, minimum: int = 0) -> int:
-    """``value`` if it is an int >= ``minimum`` (bools refused), else a TypeError/ValueError naming ``plugin(option=)``."""
+    """``value`` if it is an int >= ``minimum`` (bools refused); else an error naming ``plugin(option=)``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{plugin}({option}=...) expects an int, got {type(value).__name__}")
     if value < minimum:

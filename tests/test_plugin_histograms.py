@@ -1,0 +1,264 @@
+"""The histograms plugin and device_histogram: bucket counts checked against torch.histc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import tbhooks
+from tbhooks import TbhooksWarning
+from tbhooks.default_plugins import histograms as histograms_module
+from tbhooks.default_plugins.histograms import DeviceHistogram, Histograms, device_histogram, device_histograms
+from tbhooks.manager import BUILTIN_PLUGINS
+from tbhooks.testing import read_events
+
+OTHERS = [name for name in BUILTIN_PLUGINS if name != "histograms"]
+NAN, INF = float("nan"), float("inf")
+
+
+# -- device_histogram on known data ---------------------------------------------
+
+
+def test_arange_by_hand() -> None:
+    # 0..9 in 3 buckets of width 3: [0,3) [3,6) [6,9]; the maximum goes in the last bucket.
+    h = device_histogram(torch.arange(10.0), bins=3)
+    assert h == DeviceHistogram(
+        min=0.0,
+        max=9.0,
+        num=10,
+        sum=45.0,
+        sum_squares=285.0,
+        bucket_limits=[3.0, 6.0, 9.0],
+        bucket_counts=[3.0, 3.0, 4.0],
+        nonfinite=0,
+    )
+
+
+def test_integer_tensor_by_hand() -> None:
+    h = device_histogram(torch.tensor([0, 1, 1, 2, 2, 2, 3, 3, 3, 3]), bins=4)
+    assert h.bucket_counts == [1.0, 2.0, 3.0, 4.0]
+    assert h.bucket_limits == pytest.approx([0.75, 1.5, 2.25, 3.0])
+    assert (h.min, h.max, h.num, h.sum, h.sum_squares) == (0.0, 3.0, 10, 20.0, 50.0)
+
+
+@pytest.mark.parametrize("bins", [1, 7, 64])
+def test_matches_torch_histc_on_random_data(bins: int) -> None:
+    x = torch.randn(50, 40, generator=torch.Generator().manual_seed(bins)) * 3 + 1
+    h = device_histogram(x, bins=bins)
+    assert h.bucket_counts == torch.histc(x, bins=bins).tolist()
+    assert sum(h.bucket_counts) == h.num == x.numel()
+    # Right edges of torch.histc's buckets: the first bucket starts at min.
+    edges = torch.linspace(x.min().item(), x.max().item(), bins + 1, dtype=torch.float64)
+    assert h.bucket_limits == pytest.approx(edges[1:].tolist(), rel=0, abs=1e-5)
+    assert h.bucket_limits[-1] == h.max
+    assert (h.min, h.max) == (x.min().item(), x.max().item())
+    assert h.sum == pytest.approx(x.double().sum().item(), rel=1e-6)
+    assert h.sum_squares == pytest.approx(x.double().square().sum().item(), rel=1e-6)
+
+
+def test_constant_tensor_is_widened_like_histc() -> None:
+    x = torch.full((7,), 5.0)
+    h = device_histogram(x, bins=4)
+    assert h.bucket_counts == torch.histc(x, bins=4).tolist() == [0.0, 0.0, 7.0, 0.0]
+    assert h.bucket_limits == [4.5, 5.0, 5.5, 6.0]  # range [4, 6]
+    assert (h.min, h.max, h.num) == (5.0, 5.0, 7)
+
+
+def test_nonfinite_values_are_counted_out() -> None:
+    x = torch.tensor([1.0, NAN, 2.0, INF, 3.0, -INF, 3.0])
+    h = device_histogram(x, bins=2)
+    finite = torch.tensor([1.0, 2.0, 3.0, 3.0])
+    assert h.bucket_counts == torch.histc(finite, bins=2).tolist() == [1.0, 3.0]
+    assert (h.min, h.max, h.num, h.nonfinite) == (1.0, 3.0, 4, 3)
+    assert (h.sum, h.sum_squares) == (9.0, 23.0)
+
+    only_nan = device_histogram(torch.tensor([NAN, INF]), bins=3)
+    assert (only_nan.num, only_nan.nonfinite, sum(only_nan.bucket_counts)) == (0, 2, 0.0)
+
+
+def test_low_precision_and_double_inputs() -> None:
+    generator = torch.Generator().manual_seed(3)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        x = torch.randn(300, generator=generator).to(dtype)
+        reference = x.float() if dtype != torch.float64 else x
+        h = device_histogram(x, bins=16)
+        assert h.bucket_counts == torch.histc(reference, bins=16).tolist(), dtype
+        assert (h.min, h.max) == (reference.min().item(), reference.max().item())
+
+
+def test_chunked_pass_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(4))
+    x[17], x[600] = NAN, -INF
+    whole = device_histogram(x, bins=32)
+    monkeypatch.setattr(histograms_module, "_CHUNK", 97)  # 11 chunks, the last one short
+    chunked = device_histogram(x, bins=32)
+    assert chunked.bucket_counts == whole.bucket_counts
+    assert (chunked.min, chunked.max, chunked.num, chunked.nonfinite) == (whole.min, whole.max, 998, 2)
+    assert chunked.sum == pytest.approx(whole.sum, rel=1e-5)
+
+
+def test_many_tensors_at_once_equal_one_by_one() -> None:
+    generator = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(n, generator=generator) for n in (3, 50, 1)] + [torch.arange(6).reshape(2, 3)]
+    assert device_histograms(tensors, bins=5) == [device_histogram(t, bins=5) for t in tensors]
+
+
+def test_device_histogram_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="empty tensor"):
+        device_histogram(torch.empty(0, 3))
+    with pytest.raises(ValueError, match="bins expects an int >= 1, got 0"):
+        device_histogram(torch.ones(3), bins=0)
+    with pytest.raises(TypeError, match="bins expects an int, got float"):
+        device_histogram(torch.ones(3), bins=2.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expects a tensor, got list"):
+        device_histogram([1.0, 2.0])  # type: ignore[arg-type]
+
+
+# -- the plugin ----------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 16)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def histogram(logdir: Path, tag: str) -> dict[int, object]:
+    """step -> HistogramValue of ``tag`` as TensorBoard reads it."""
+    return {event.step: event.histogram_value for event in read_events(logdir).histograms[tag]}
+
+
+def assert_matches(value: object, tensor: torch.Tensor, bins: int) -> None:
+    """``value`` (a HistogramValue read back) is the histogram of ``tensor``, computed here with torch.histc."""
+    assert value.bucket == torch.histc(tensor, bins=bins).tolist()
+    assert sum(value.bucket) == value.num == tensor.numel()
+    assert value.min == tensor.min().item() and value.max == tensor.max().item()
+    assert value.bucket_limit[-1] == value.max
+    assert value.sum == pytest.approx(tensor.double().sum().item(), rel=1e-5, abs=1e-6)
+    assert value.sum_squares == pytest.approx(tensor.double().square().sum().item(), rel=1e-5)
+
+
+def test_weights_grads_and_activations_match_histc(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = MLP()
+    model.fc2.bias.requires_grad_(False)  # no gradient: no grads/ histogram for it
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    generator = torch.Generator().manual_seed(1)
+    data = [(torch.randn(8, 6, generator=generator), torch.randint(0, 3, (8,), generator=generator)) for _ in range(5)]
+
+    # The test's own record of fc1's output, through a hook it registers itself.
+    fc1_outputs: list[torch.Tensor] = []
+    model.fc1.register_forward_hook(lambda module, args, out: fc1_outputs.append(out.detach().clone()))
+    expected: dict[int, dict[str, torch.Tensor]] = {}
+    plugin = Histograms(every_n_steps=2, activations=["fc1"], bins=16)
+    with tbhooks.attach(
+        model, logdir=tmp_path, optimizer=optimizer, plugins=[plugin], disable=OTHERS, autoload=False
+    ) as hooks:
+        hooks.epoch_start()
+        for x, y in data:
+            hooks.batch_start()
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            hooks.batch_end(x, y, out, loss)
+            snapshot = {f"weights/{n}": p.detach().clone() for n, p in model.named_parameters()}
+            snapshot |= {f"grads/{n}": p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            snapshot["activations/fc1"] = fc1_outputs[-1]
+            expected[hooks.step] = snapshot
+        hooks.epoch_end()
+
+    tags = set(read_events(tmp_path).histograms)
+    assert tags == {
+        "weights/fc1.weight",
+        "weights/fc1.bias",
+        "weights/fc2.weight",
+        "weights/fc2.bias",
+        "grads/fc1.weight",
+        "grads/fc1.bias",
+        "grads/fc2.weight",
+        "activations/fc1",
+    }
+    for tag in tags:
+        values = histogram(tmp_path, tag)
+        assert sorted(values) == [2, 4], tag  # every 2 steps, never on steps 1, 3, 5
+        for step, value in values.items():
+            assert_matches(value, expected[step][tag], bins=16)
+    # The weights changed between the logged steps: step 4's histogram is not step 2's.
+    w = histogram(tmp_path, "weights/fc1.weight")
+    assert w[2].sum != w[4].sum
+
+
+def test_all_activations_and_unknown_module_names(tmp_path: Path) -> None:
+    model = MLP()
+    x = torch.randn(4, 6)
+
+    def run(plugin: Histograms, logdir: Path) -> set[str]:
+        with tbhooks.attach(model, logdir=logdir, plugins=[plugin], disable=OTHERS, autoload=False) as hooks:
+            hooks.epoch_start()
+            hooks.batch_start()
+            hooks.batch_end(x, None, model(x))
+        return set(read_events(logdir).histograms)
+
+    everything = run(Histograms(every_n_steps=1, weights=False, grads=False, activations="all"), tmp_path / "all")
+    assert everything == {"activations/fc1", "activations/act", "activations/fc2"}
+
+    with pytest.warns(TbhooksWarning, match=r"activations=...\) names no submodule 'fc9'.*known: '', 'fc1'") as record:
+        some = run(Histograms(every_n_steps=1, weights=False, grads=False, activations=["fc9", "act"]), tmp_path / "x")
+    assert len(record) == 1
+    assert some == {"activations/act"}
+    value = histogram(tmp_path / "x", "activations/act")[1]
+    assert_matches(value, model.act(model.fc1(x)).detach(), bins=64)
+
+
+def test_nonfinite_weights_are_counted_out_with_one_warning(tmp_path: Path) -> None:
+    model = MLP()
+    with torch.no_grad():
+        model.fc1.weight[0, 0] = NAN
+        model.fc1.weight[1, 1] = INF
+        model.fc2.bias.fill_(NAN)  # no finite value at all: not written
+    x = torch.randn(4, 6)
+    with pytest.warns(TbhooksWarning, match=r"NaN/inf values in weights/fc1.weight \(2 of 96\)") as record:
+        with tbhooks.attach(
+            model, logdir=tmp_path, plugins=[Histograms(every_n_steps=1, grads=False)], disable=OTHERS, autoload=False
+        ) as hooks:
+            hooks.epoch_start()
+            for _ in range(3):
+                hooks.batch_start()
+                hooks.batch_end(x, None, model(x))
+            hooks.epoch_end()
+    assert len(record) == 1  # once per run, although every step has them
+
+    values = histogram(tmp_path, "weights/fc1.weight")
+    assert sorted(values) == [1, 2, 3]
+    weight = model.fc1.weight.detach()
+    finite = weight[torch.isfinite(weight)]
+    assert_matches(values[3], finite, bins=64)
+    assert values[3].num == 94
+    assert "weights/fc2.bias" not in read_events(tmp_path).histograms
+    assert "weights/fc2.weight" in read_events(tmp_path).histograms
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ValueError, match=r"Histograms\(every_n_steps=...\) expects an int >= 1, got 0"):
+        Histograms(every_n_steps=0)
+    with pytest.raises(TypeError, match=r"Histograms\(bins=...\) expects an int, got str"):
+        Histograms(bins="64")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Histograms\(weights=...\) expects True or False"):
+        Histograms(weights=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Histograms\(grads=...\) expects True or False"):
+        Histograms(grads=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Histograms\(activations=...\) expects a list of submodule names or 'all'"):
+        Histograms(activations="fc1")
+    with pytest.raises(TypeError, match=r"Histograms\(activations=...\) expects submodule names \(str\), got 3"):
+        Histograms(activations=["fc1", 3])  # type: ignore[list-item]
+    assert Histograms().every_n_steps == 1000 and Histograms().bins == 64
