@@ -237,7 +237,7 @@ def collect_overhead() -> None:
 class AllPlugins:
     """How the "all" row is configured, as found in this installation (reported in RESULTS.md)."""
 
-    plugins: list[Any] = field(default_factory=list)
+    make: Callable[[], list[Any]] = list  # fresh plugin objects for each run
     notes: list[str] = field(default_factory=list)
     figures: bool = False
 
@@ -245,23 +245,33 @@ class AllPlugins:
 def all_plugins_setup(config: Config) -> AllPlugins:
     """Every plugin on: histograms of weights, gradients and every leaf module's activations every
     ``histogram_every`` steps, input images every epoch, the other built-ins at their defaults, and the
-    ``figures`` plugin (entry point) drawing at every evaluation, i.e. every ``figure_every`` steps."""
+    ``figures`` plugin drawing at every evaluation, i.e. every ``figure_every`` steps.
+
+    The plugins are passed as objects with entry points off, so whatever other
+    tbhooks distributions are installed cannot change what the row measures."""
     from tbhooks.default_plugins.histograms import Histograms
     from tbhooks.default_plugins.images import Images
 
     setup = AllPlugins()
-    setup.plugins.append(Histograms(every_n_steps=config.histogram_every, activations="all"))
+    makers: list[Callable[[], Any]] = [
+        lambda: Histograms(every_n_steps=config.histogram_every, activations="all"),
+        lambda: Images(every_n_epochs=1),
+    ]
     setup.notes.append(f"Histograms(every_n_steps={config.histogram_every}, activations='all')")
-    setup.plugins.append(Images(every_n_epochs=1))
     setup.notes.append("Images(every_n_epochs=1)")
     setup.notes.append("graph, scalars, embeddings, pr_curves, hparams at their defaults")
     try:
-        from tbhooks_figures import Figures  # noqa: F401  (found and registered through its entry point)
+        from tbhooks_figures import Figures
 
+        makers.append(Figures)
         setup.figures = True
-        setup.notes.append("figures (entry point, defaults: predictions figure + confusion matrix per evaluation)")
+        setup.notes.append(
+            "Figures() from plugins/tbhooks-figures (a predictions figure and a confusion matrix per evaluation)"
+        )
     except ImportError as exc:
         setup.notes.append(f"NO figures plugin ({exc}): install plugins/tbhooks-figures")
+    setup.notes.append("entry points not loaded (autoload=False): the plugins are passed as objects")
+    setup.make = lambda: [make() for make in makers]
     return setup
 
 
@@ -270,7 +280,7 @@ ALL = AllPlugins()
 
 def tbhooks_all(w: Workload) -> None:
     """Every plugin on, figures included, with an evaluation (and so a figure) every ``figure_every`` steps."""
-    _tbhooks_fit(w, "all", evaluate=True, autoload=True, plugins=ALL.plugins)
+    _tbhooks_fit(w, "all", evaluate=True, autoload=False, plugins=ALL.make())
 
 
 def _to_probabilities(net: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, list[float]]:
@@ -392,7 +402,9 @@ class Row:
     fn: Callable[[Workload], None]
     target: float | None = None
     needs: str | None = None  # a module that must import, else the row is skipped
-    seconds: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # wall-clock time of each repetition
+    cpu: list[float] = field(default_factory=list)  # CPU time of the process (every thread) in each repetition
+    cold: float | None = None  # the untimed warm-up run: the first in this process
     skipped: str | None = None
 
 
@@ -607,6 +619,84 @@ def figure_thread_ms(w: Workload, evaluations: int) -> dict[str, Any]:
     }
 
 
+def training_thread(w: Workload, *, plugins: list[Any], evaluate: bool) -> dict[str, float]:
+    """Where tbhooks' time goes on the training thread, by a hand-written loop that times every tbhooks call.
+
+    The loop makes the calls the Trainer makes (``attach``, ``epoch_start``,
+    ``batch_start``/``batch_end`` around each step, ``epoch_end``, the
+    evaluation calls, ``close``); the model's own work is not counted.
+    Returned in seconds: ``setup`` (attach + on_fit_start), ``first`` (the
+    first step's calls: the graph trace and the input grid), ``steps`` (every
+    later step's calls, summed), ``median_step``, ``ends`` (epoch ends,
+    evaluation calls without the forward passes, close)."""
+    from tbhooks.hooks import Hooks
+
+    clock = time.perf_counter
+    net = w.model()
+    opt = w.optimizer(net)
+    loss_fn = nn.CrossEntropyLoss()
+    started = clock()
+    hooks = Hooks(
+        net,
+        logdir=w.logdir("thread"),
+        optimizer=opt,
+        plugins=plugins,
+        autoload=False,
+        class_names=list(CLASSES),
+        epochs=w.config.epochs,
+    )
+    hooks.fit_start()
+    setup = clock() - started
+    per_step: list[float] = []
+    ends = 0.0
+    for _ in range(w.config.epochs):
+        started = clock()
+        hooks.epoch_start()
+        ends += clock() - started
+        for inputs, labels in w.train:
+            t0 = clock()
+            hooks.batch_start()
+            t1 = clock()
+            outputs = net(inputs)
+            loss = loss_fn(outputs, labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            t2 = clock()
+            hooks.batch_end(inputs, labels, outputs, loss)
+            per_step.append(t1 - t0 + clock() - t2)
+        started = clock()
+        hooks.epoch_end()
+        ends += clock() - started
+        if evaluate:
+            net.eval()
+            started = clock()
+            hooks.eval_start()
+            ends += clock() - started
+            with torch.no_grad():
+                for inputs, labels in w.eval:
+                    outputs = net(inputs)
+                    loss = loss_fn(outputs, labels)
+                    started = clock()
+                    hooks.eval_batch(inputs, labels, outputs, loss)
+                    ends += clock() - started
+            started = clock()
+            hooks.eval_end()
+            ends += clock() - started
+            net.train()
+    started = clock()
+    hooks.fit_end()
+    ends += clock() - started
+    return {
+        "setup": setup,
+        "first": per_step[0],
+        "steps": sum(per_step[1:]),
+        "median_step": statistics.median(per_step[1:]),
+        "count": len(per_step) - 1,
+        "ends": ends,
+    }
+
+
 # ---------------------------------------------------------------------------
 # reporting
 # ---------------------------------------------------------------------------
@@ -657,21 +747,23 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def main_table(rows: list[Row], steps: int) -> tuple[list[list[str]], dict[str, float]]:
     bare = next(r for r in rows if r.key == "bare")
     bare_rate = statistics.median(steps / s for s in bare.seconds)
+    bare_cpu = statistics.median(bare.cpu)
     out: list[list[str]] = []
     ratios: dict[str, float] = {}
     for row in rows:
         if row.skipped:
-            out.append([row.title, "skipped", "—", "—", "—", row.skipped])
+            out.append([row.title, "skipped", "—", "—", "—", "—", "—", row.skipped])
             continue
-        rates = [steps / s for s in row.seconds]
-        rate = statistics.median(rates)
+        rate = statistics.median(steps / s for s in row.seconds)
         ratio = rate / bare_rate
         ratios[row.key] = ratio
         per_rep = [b / s for b, s in zip(bare.seconds, row.seconds, strict=True)]
         spread = f"{min(per_rep):.3f}–{max(per_rep):.3f}"
+        by_cpu = bare_cpu / statistics.median(row.cpu)
         target = f">= {row.target:.2f}" if row.target is not None else "—"
         met = verdict(ratio, row.target) if row.target is not None else "—"
-        out.append([row.title, f"{rate:.1f}", f"{ratio:.3f}", spread, target, met])
+        cold = f"{row.cold:.2f}" if row.cold is not None else "—"
+        out.append([row.title, f"{rate:.1f}", f"{ratio:.3f}", spread, f"{by_cpu:.3f}", cold, target, met])
     return out, ratios
 
 
@@ -691,7 +783,9 @@ def run_rows(w: Workload, rows: list[Row], warmup: Workload) -> None:
     active = [r for r in rows if not r.skipped]
     print(f"warm-up: every row once on {warmup.steps} steps (imports, first-call costs; not timed)", flush=True)
     for row in active:
+        started = time.perf_counter()
         row.fn(warmup)
+        row.cold = time.perf_counter() - started
     MEASURED_LOGDIRS.clear()
     width = max(len(r.title) for r in active)
     for rep in range(w.config.reps):
@@ -701,9 +795,10 @@ def run_rows(w: Workload, rows: list[Row], warmup: Workload) -> None:
         for row in order:
             gc.collect()
             torch.set_num_threads(1)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             row.fn(w)
             elapsed = time.perf_counter() - started
+            row.cpu.append(time.process_time() - cpu)
             row.seconds.append(elapsed)
             print(f"  {row.title:<{width}}  {w.steps / elapsed:8.1f} steps/s", flush=True)
 
@@ -730,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tbhooks-bench-") as tmp:
         root = Path(tmp)
         w = make_workload(config, root)
-        warmup = make_workload(config, root, images=min(config.images, 160))
+        warmup = make_workload(config, root, images=min(config.images // 2, 160))
         warmup.config = Config(**{**config.__dict__, "figure_every": 40})
         global ALL
         ALL = all_plugins_setup(config)
@@ -741,7 +836,16 @@ def main(argv: list[str] | None = None) -> int:
         collect_overhead()
 
         body, ratios = main_table(rows, w.steps)
-        header = ["row", "steps/s (median)", "ratio to bare", "per-rep ratio range", "target", "result"]
+        header = [
+            "row",
+            "steps/s (median)",
+            "ratio to bare",
+            "per-rep ratio range",
+            "ratio by CPU time",
+            "cold run (s)",
+            "target",
+            "result",
+        ]
         print()
         print(table(header, body))
 
@@ -758,6 +862,12 @@ def main(argv: list[str] | None = None) -> int:
         inline_ms = inline_figure_ms(w, config.figure_calls)
         fig = figure_thread_ms(w, config.figure_calls)
         print(f"  figure: inline {inline_ms:.1f} ms; figures plugin {fig}", flush=True)
+        thread = {
+            "tbhooks default": training_thread(w, plugins=[], evaluate=False),
+            "tbhooks all": training_thread(w, plugins=ALL.make(), evaluate=True),
+        }
+        for name, found in thread.items():
+            print(f"  training thread, {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in found.items()), flush=True)
 
     elapsed = time.perf_counter() - begun
     report = render(
@@ -771,6 +881,7 @@ def main(argv: list[str] | None = None) -> int:
         hist=hist,
         inline_ms=inline_ms,
         fig=fig,
+        thread=thread,
         steps=w.steps,
         elapsed=elapsed,
         load=(load_start, loadavg()),
@@ -792,6 +903,7 @@ def render(
     hist: dict[str, Any],
     inline_ms: float,
     fig: dict[str, Any],
+    thread: dict[str, dict[str, float]],
     steps: int,
     elapsed: float,
     load: tuple[str, str],
@@ -906,12 +1018,58 @@ def render(
         )
     say(table(["measurement", "result", "target", "result vs target"], micro))
     say()
+    bare_row = next(r for r in rows if r.key == "bare")
+    step_ms = statistics.median(bare_row.seconds) / steps * 1e3
+    say("### Where tbhooks' time goes on the training thread")
+    say()
+    say(
+        f"One run of {steps} steps through a hand-written loop that times every tbhooks call "
+        "(`attach` ... `close`, the calls the Trainer makes); the model's own work is not counted. "
+        f"A bare step takes {step_ms:.3f} ms here (median of the bare-loop row)."
+    )
+    say()
+    thread_rows = []
+    for name, t in thread.items():
+        total = t["setup"] + t["first"] + t["steps"] + t["ends"]
+        mean_us = t["steps"] / t["count"] * 1e6
+        thread_rows.append(
+            [
+                name,
+                f"{t['setup'] * 1e3:.1f}",
+                f"{t['first'] * 1e3:.1f}",
+                f"{t['median_step'] * 1e6:.0f}",
+                f"{mean_us:.0f} ({mean_us / 1e3 / step_ms:.2%})",
+                f"{t['ends'] * 1e3:.1f}",
+                f"{total * 1e3:.0f} ({total * 1e3 / (step_ms * steps):.2%})",
+                f"{step_ms / (step_ms + mean_us / 1e3):.3f}",
+            ]
+        )
+    say(
+        table(
+            [
+                "configuration",
+                "set-up (ms)",
+                "first step (ms)",
+                "later steps, median (us)",
+                "later steps, mean (us; % of a bare step)",
+                "epoch ends, evaluations, close (ms)",
+                "total (ms; % of the bare run)",
+                "ratio from the recurring cost alone",
+            ],
+            thread_rows,
+        )
+    )
+    say()
+    say(
+        "The first step carries the one-time work (the graph trace, the input-image grid); the last column is "
+        "bare step / (bare step + mean later-step cost): the ratio a run long enough to amortise the one-time "
+        "costs would approach, derived from this breakdown, not measured end to end."
+    )
+    say()
     if OVERHEAD_SEEN:
         say("Per-plugin cost measured by tbhooks itself (`measure_overhead=True`, `tbhooks/overhead_ms/<plugin>`),")
         say("median over the repetitions, in ms per training step (all of a plugin's hook calls in the epoch / steps):")
         say()
-        bare = next(r for r in rows if r.key == "bare")
-        step_ms = statistics.median(bare.seconds) / steps * 1e3
         say(
             table(
                 ["plugin", "ms/step", "share of a bare step"],
@@ -921,8 +1079,6 @@ def render(
                 ],
             )
         )
-        say()
-        say(f"(a bare step takes {step_ms:.3f} ms here)")
         say()
 
     say("## How measured")

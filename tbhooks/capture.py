@@ -93,7 +93,7 @@ class Capturer:
 
     def set_requests(self, requests: Iterable[Capture]) -> None:
         """Validate and keep the requests; unknown module names are an error naming the known ones."""
-        unique: dict[str, Capture] = {}
+        kept: list[Capture] = []
         names = dict(self._model.named_modules())
         for request in requests:
             if not isinstance(request, Capture):
@@ -102,16 +102,26 @@ class Capturer:
                 known = ", ".join(repr(n) for n in list(names)[:20])
                 raise ValueError(f"Capture(module={request.module!r}): no such submodule; known: {known}")
             self._modules[request.module] = names[request.module]
+            if request not in kept:
+                kept.append(request)
+        self.requests = tuple(kept)
+
+    @staticmethod
+    def _one_per_key(requests: Iterable[Capture]) -> list[Capture]:
+        # Two plugins may ask for the same tensor on different schedules: each keeps
+        # its schedule, and a step where both are due registers one hook, not two.
+        unique: dict[str, Capture] = {}
+        for request in requests:
             unique.setdefault(request.key, request)
-        self.requests = tuple(unique.values())
+        return list(unique.values())
 
     def due_for_step(self, step: int) -> list[Capture]:
-        """The requests that capture on training step ``step`` (cheap: no tensors touched)."""
-        return [r for r in self.requests if r.due(step)]
+        """The requests that capture on training step ``step``, one per key (cheap: no tensors touched)."""
+        return self._one_per_key(r for r in self.requests if r.due(step))
 
     def due_for_eval(self) -> list[Capture]:
-        """The requests that capture on evaluation batches."""
-        return [r for r in self.requests if r.at_eval]
+        """The requests that capture on evaluation batches, one per key."""
+        return self._one_per_key(r for r in self.requests if r.at_eval)
 
     @property
     def attached(self) -> bool:

@@ -65,6 +65,13 @@ FASHION_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
+FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+"""The uncompressed IDX files torchvision's FashionMNIST reads from ``<root>/FashionMNIST/raw``."""
 FIGURES_PLUGIN = "figures"
 """The entry-point name of the ``tbhooks-figures`` distribution."""
 
@@ -175,19 +182,18 @@ def load_fashion_mnist(data_dir: str | Path, download: bool = False) -> DemoData
     from torchvision.datasets import FashionMNIST
 
     raw = Path(data_dir) / "FashionMNIST" / "raw"
+    missing = [name for name in FASHION_FILES if not (raw / name).is_file()]
+    if missing and not download:
+        raise DemoError(
+            f"FashionMNIST not found in {raw} (missing {', '.join(missing)}); pass --download to fetch it, "
+            f"or --data-dir DIR where DIR/FashionMNIST/raw holds the files"
+        )
     splits = []
     for train in (True, False):
         try:
             dataset = FashionMNIST(root=str(data_dir), train=train, download=download and train)
-        except RuntimeError as exc:
-            if "not found" in str(exc).lower() and not download:
-                raise DemoError(
-                    f"FashionMNIST not found in {raw} (expected the *-ubyte files there); "
-                    f"pass --download to fetch it, or --data-dir DIR for a directory holding FashionMNIST/raw"
-                ) from None
-            raise DemoError(f"FashionMNIST could not be loaded from {raw}: {_one_line(exc)}") from None
-        except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
-            what = "downloaded to" if download else "read from"
+        except Exception as exc:  # a failed download or an unreadable file: torchvision raises many kinds
+            what = "downloaded to" if download and missing else "read from"
             raise DemoError(
                 f"FashionMNIST could not be {what} {raw}: {_one_line(exc)} (check --data-dir and --download)"
             ) from None
@@ -486,6 +492,7 @@ class DemoResult:
 
     run_dir: Path
     metrics: dict[str, float]
+    model: nn.Module
     dashboards: dict[str, Dashboard]
     data: DemoData
     device: torch.device
@@ -581,6 +588,7 @@ def run(args: argparse.Namespace, stream: Any = None) -> DemoResult:
     return DemoResult(
         run_dir=run_dir,
         metrics=dict(metrics),
+        model=model,
         dashboards=dashboard_summary(run_dir),
         data=data,
         device=device,

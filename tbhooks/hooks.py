@@ -195,7 +195,8 @@ class Hooks:
         self._eval: _EvalState | None = None
         self._started = False
         self._closed = False
-        self._was_training = self.model.training
+        # Every module's own flag, so a BatchNorm the user froze in eval mode stays frozen.
+        self._modes = [(module, module.training) for module in self.model.modules()]
         self._previous_sigterm: Any = None
         _open_hooks.add(self)
 
@@ -390,7 +391,8 @@ class Hooks:
         _open_hooks.discard(self)
         try:
             self._capturer.detach()
-            self.model.train(self._was_training)
+            for module, training in self._modes:
+                module.training = training
             self._drain()
             self.run._background.stop()
         finally:

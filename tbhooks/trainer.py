@@ -287,7 +287,10 @@ class Trainer:
     def _batches(self, loader: Iterable[Any], show: bool, desc: str) -> Iterable[Any]:
         if self.progress is False or not show:
             return loader
-        from tqdm.auto import tqdm
+        # Not tqdm.auto: its asyncio base calls iter(loader) at construction, so a
+        # DataLoader built one extra iterator per epoch (extra worker start-up, and
+        # the loader's generator advanced: the batch order differed from a plain loop).
+        from tqdm import tqdm
 
         # disable=None: tqdm shows the bar only when stderr is a terminal.
         return tqdm(loader, desc=desc, disable=None if self.progress is None else False, leave=False)

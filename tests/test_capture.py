@@ -143,3 +143,58 @@ def test_two_runs_in_one_process_share_no_module_hook(tmp_path):
         second.close()  # closing the other run leaves first's hooks alone
         assert sum(map(sum, hook_counts(shared_model))) == 2
     assert sum(map(sum, hook_counts(shared_model))) == 0
+
+
+def test_two_plugins_asking_for_one_tensor_keep_their_own_schedules(tmp_path):
+    class Asks:
+        def __init__(self, name, capture):
+            self.name, self.capture, self.steps, self.evals = name, capture, [], 0
+
+        @tbhooks.hookimpl
+        def on_capture_request(self):
+            return [self.capture]
+
+        @tbhooks.hookimpl
+        def on_batch_end(self, step, captured):
+            if self.capture.key in captured:
+                self.steps.append(step)
+
+        @tbhooks.hookimpl
+        def on_eval_batch_end(self, captured):
+            self.evals += self.capture.key in captured
+
+    every_two = Asks("every_two", Capture("0", every_n_steps=2))
+    at_eval = Asks("at_eval", Capture("0", at_eval=True))
+    every_three = Asks("every_three", Capture("0", every_n_steps=3))
+    model = mlp()
+    trainer = tbhooks.Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.functional.cross_entropy,
+        logdir=tmp_path,
+        plugins=[every_two, at_eval, every_three],
+        disable=QUIET,
+        autoload=False,
+    )
+    seen_hooks = []
+    model[0].register_forward_pre_hook(lambda m, a: seen_hooks.append(len(m._forward_hooks)))
+    trainer.fit(loader(classification_data(n=48)), epochs=1, eval_loader=loader(classification_data(n=8)))
+    # The captured dict is shared by every plugin of the step: both see the tensor on steps 2, 3, 4 and 6.
+    assert every_two.steps == every_three.steps == [2, 3, 4, 6]
+    assert at_eval.evals == 1
+    assert seen_hooks == [0, 1, 1, 1, 0, 1, 1], "one hook per due step, never two for one tensor"
+
+
+def test_frozen_submodules_stay_frozen_after_fit(tmp_path):
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    model[1].eval()  # the user froze the BatchNorm statistics
+    trainer = tbhooks.Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.functional.cross_entropy,
+        logdir=tmp_path,
+        disable=QUIET,
+        autoload=False,
+    )
+    trainer.fit(loader(classification_data(n=16)), epochs=1, eval_loader=loader(classification_data(n=8)))
+    assert [m.training for m in model] == [True, False, True, True]

@@ -196,7 +196,8 @@ def test_every_n_evals(tmp_path):
 def test_metadata_is_escaped_for_the_tsv(tmp_path):
     images, labels = unbalanced_set((2, 2, 2, 2))
     names = ["tab\there", "new\nline", "café 日本 🦉", "  "]
-    run_evals(tmp_path, images, labels, plugin=Embeddings(), class_names=names)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+    run_evals(tmp_path, images, labels, plugin=Embeddings(), class_names=names, model=model)
     [info] = projector(tmp_path).embeddings
     got = read_embedding(tmp_path, info)
     assert len(got["metadata"]) == 8 == got["tensors"].shape[0]
@@ -217,7 +218,8 @@ def test_metadata_is_escaped_for_the_tsv(tmp_path):
         ("lone\ud800", "lone\\ud800"),
         ("ünïcödé 中文 🦉", "ünïcödé 中文 🦉"),
         ("", "''"),
-        (" \t", "' \\t'"),
+        (" \t", " \\t"),  # not blank once escaped
+        ("   ", "'   '"),
         (7, "7"),
     ],
 )

@@ -237,6 +237,35 @@ def test_dict_inputs_through_the_trainer_are_passed_as_keywords(tmp_path: Path) 
     assert sum(1 for name in names if name.startswith("input/")) == 2
 
 
+class Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = nn.Linear(4, 3)
+        self.right = nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor, scale: float) -> torch.Tensor:
+        return (self.left(x) + self.right(extra)) * scale
+
+
+def test_tuple_inputs_are_positional_and_constants_pass_through(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(2)
+    model = Pair()
+    inputs = (torch.randn(5, 4, generator=generator), torch.randn(5, 2, generator=generator), 3.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with tbhooks.attach(model, logdir=tmp_path, optimizer=optimizer, disable=OTHERS, autoload=False) as hooks:
+        hooks.epoch_start()
+        hooks.batch_start()
+        outputs = model(*inputs)
+        hooks.batch_end(inputs, None, outputs)
+    graph = read_events(tmp_path).accumulator.Graph()
+    names = [node.name for node in graph.node]
+    assert any("Pair[model]/Linear[left]/" in name for name in names)
+    assert any("Pair[model]/Linear[right]/" in name for name in names)
+    assert sum(1 for name in names if name.startswith("input/")) == 2  # the float is a constant, not an input
+    # The multiplication by the constant scale is part of the graph.
+    assert {"aten::mul", "aten::add"} <= {node.op for node in graph.node}
+
+
 def test_data_dependent_control_flow_traces_without_warnings(tmp_path: Path) -> None:
     # filterwarnings=error: the TracerWarning and the jit deprecation warning would fail this test.
     train(DataDependent(), tmp_path, batches(n=2))

@@ -22,7 +22,16 @@ NAN, INF = float("nan"), float("inf")
 # -- device_histogram on known data ---------------------------------------------
 
 
-def test_arange_by_hand() -> None:
+@pytest.fixture(params=["cpu", "sync_free"])
+def row_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test through each implementation: torch.histc on the CPU, and the sync-free
+    two-pass one that CUDA and other accelerators use (forced here on CPU tensors)."""
+    if request.param == "sync_free":
+        monkeypatch.setattr(histograms_module, "_row_cpu", histograms_module._row_sync_free)
+    return request.param
+
+
+def test_arange_by_hand(row_path: str) -> None:
     # 0..9 in 3 buckets of width 3: [0,3) [3,6) [6,9]; the maximum goes in the last bucket.
     h = device_histogram(torch.arange(10.0), bins=3)
     assert h == DeviceHistogram(
@@ -37,7 +46,7 @@ def test_arange_by_hand() -> None:
     )
 
 
-def test_integer_tensor_by_hand() -> None:
+def test_integer_tensor_by_hand(row_path: str) -> None:
     h = device_histogram(torch.tensor([0, 1, 1, 2, 2, 2, 3, 3, 3, 3]), bins=4)
     assert h.bucket_counts == [1.0, 2.0, 3.0, 4.0]
     assert h.bucket_limits == pytest.approx([0.75, 1.5, 2.25, 3.0])
@@ -45,7 +54,7 @@ def test_integer_tensor_by_hand() -> None:
 
 
 @pytest.mark.parametrize("bins", [1, 7, 64])
-def test_matches_torch_histc_on_random_data(bins: int) -> None:
+def test_matches_torch_histc_on_random_data(bins: int, row_path: str) -> None:
     x = torch.randn(50, 40, generator=torch.Generator().manual_seed(bins)) * 3 + 1
     h = device_histogram(x, bins=bins)
     assert h.bucket_counts == torch.histc(x, bins=bins).tolist()
@@ -59,7 +68,17 @@ def test_matches_torch_histc_on_random_data(bins: int) -> None:
     assert h.sum_squares == pytest.approx(x.double().square().sum().item(), rel=1e-6)
 
 
-def test_constant_tensor_is_widened_like_histc() -> None:
+def test_values_on_bucket_edges_land_where_histc_puts_them(row_path: str) -> None:
+    # Evenly spaced values put many of them exactly on bucket edges, where the
+    # order of the float operations decides the bucket.
+    for n in range(3, 40):
+        for scale in (0.1, 1.1):
+            x = torch.arange(n, dtype=torch.float32) * scale
+            for bins in (3, 6, 12):
+                assert device_histogram(x, bins=bins).bucket_counts == torch.histc(x, bins=bins).tolist(), (n, scale)
+
+
+def test_constant_tensor_is_widened_like_histc(row_path: str) -> None:
     x = torch.full((7,), 5.0)
     h = device_histogram(x, bins=4)
     assert h.bucket_counts == torch.histc(x, bins=4).tolist() == [0.0, 0.0, 7.0, 0.0]
@@ -67,7 +86,7 @@ def test_constant_tensor_is_widened_like_histc() -> None:
     assert (h.min, h.max, h.num) == (5.0, 5.0, 7)
 
 
-def test_nonfinite_values_are_counted_out() -> None:
+def test_nonfinite_values_are_counted_out(row_path: str) -> None:
     x = torch.tensor([1.0, NAN, 2.0, INF, 3.0, -INF, 3.0])
     h = device_histogram(x, bins=2)
     finite = torch.tensor([1.0, 2.0, 3.0, 3.0])
@@ -79,7 +98,7 @@ def test_nonfinite_values_are_counted_out() -> None:
     assert (only_nan.num, only_nan.nonfinite, sum(only_nan.bucket_counts)) == (0, 2, 0.0)
 
 
-def test_low_precision_and_double_inputs() -> None:
+def test_low_precision_and_double_inputs(row_path: str) -> None:
     generator = torch.Generator().manual_seed(3)
     for dtype in (torch.float16, torch.bfloat16, torch.float64):
         x = torch.randn(300, generator=generator).to(dtype)
@@ -92,6 +111,7 @@ def test_low_precision_and_double_inputs() -> None:
 def test_chunked_pass_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.randn(1000, generator=torch.Generator().manual_seed(4))
     x[17], x[600] = NAN, -INF
+    monkeypatch.setattr(histograms_module, "_row_cpu", histograms_module._row_sync_free)  # the chunked one
     whole = device_histogram(x, bins=32)
     monkeypatch.setattr(histograms_module, "_CHUNK", 97)  # 11 chunks, the last one short
     chunked = device_histogram(x, bins=32)
@@ -100,7 +120,7 @@ def test_chunked_pass_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> 
     assert chunked.sum == pytest.approx(whole.sum, rel=1e-5)
 
 
-def test_many_tensors_at_once_equal_one_by_one() -> None:
+def test_many_tensors_at_once_equal_one_by_one(row_path: str) -> None:
     generator = torch.Generator().manual_seed(5)
     tensors = [torch.randn(n, generator=generator) for n in (3, 50, 1)] + [torch.arange(6).reshape(2, 3)]
     assert device_histograms(tensors, bins=5) == [device_histogram(t, bins=5) for t in tensors]
@@ -262,3 +282,22 @@ def test_options_are_validated() -> None:
     with pytest.raises(TypeError, match=r"Histograms\(activations=...\) expects submodule names \(str\), got 3"):
         Histograms(activations=["fc1", 3])  # type: ignore[list-item]
     assert Histograms().every_n_steps == 1000 and Histograms().bins == 64
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_binning_never_syncs_and_matches_histc() -> None:
+    x = torch.randn(4096, 33, device="cuda") * 2
+    x[5, 5], x[7, 1] = NAN, INF
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any device-to-host synchronisation raises
+    try:
+        row = histograms_module.histogram_row(x, 64)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    h = histograms_module._unpack(row.cpu().tolist(), 64)
+    finite = x[torch.isfinite(x)].cpu()
+    # Against the CPU histc, the reference of the other tests (not checked here: CUDA histc's edge rounding).
+    assert h.bucket_counts == torch.histc(finite, bins=64).tolist()
+    assert (h.num, h.nonfinite) == (finite.numel(), 2)
+    assert (h.min, h.max) == (finite.min().item(), finite.max().item())

@@ -48,6 +48,13 @@ class _Slot:
         self.index = index
 
 
+def _rebuild(original: tuple[Any, ...] | list[Any], items: list[Any]) -> Any:
+    """A tuple, list or named tuple of the same type as ``original`` holding ``items``."""
+    if isinstance(original, tuple) and hasattr(original, "_fields"):
+        return type(original)(*items)
+    return type(original)(items)
+
+
 def _split_inputs(value: Any, tensors: list[torch.Tensor]) -> Any:
     """``value`` with every tensor replaced by a :class:`_Slot`, the tensors appended to ``tensors``."""
     if isinstance(value, torch.Tensor):
@@ -56,7 +63,7 @@ def _split_inputs(value: Any, tensors: list[torch.Tensor]) -> Any:
     if isinstance(value, dict):
         return {key: _split_inputs(item, tensors) for key, item in value.items()}
     if isinstance(value, (tuple, list)):
-        return type(value)(_split_inputs(item, tensors) for item in value)
+        return _rebuild(value, [_split_inputs(item, tensors) for item in value])
     return value
 
 
@@ -67,7 +74,7 @@ def _fill_inputs(template: Any, tensors: tuple[torch.Tensor, ...]) -> Any:
     if isinstance(template, dict):
         return {key: _fill_inputs(item, tensors) for key, item in template.items()}
     if isinstance(template, (tuple, list)):
-        return type(template)(_fill_inputs(item, tensors) for item in template)
+        return _rebuild(template, [_fill_inputs(item, tensors) for item in template])
     return template
 
 
@@ -190,7 +197,8 @@ class Graph:
         try:
             self._trace(run, model, inputs)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            lines = str(exc).strip().splitlines()
+            reason = f"{type(exc).__name__}: {lines[0] if lines else ''}"
             if len(reason) > 300:
                 reason = reason[:297] + "..."
             if self.text_fallback:
@@ -211,7 +219,7 @@ class Graph:
             torch.no_grad(),
             warnings.catch_warnings(),
             # add_graph prints the tracer's error to stdout before re-raising it;
-            # the warning below says it once, so that print is swallowed.
+            # on_batch_end's warning reports it once, so that print is swallowed.
             contextlib.redirect_stdout(io.StringIO()),
         ):
             # torch.jit.trace is deprecated in recent torch (a FutureWarning per

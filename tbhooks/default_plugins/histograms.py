@@ -13,10 +13,12 @@ Tags (the HISTOGRAMS and DISTRIBUTIONS dashboards, against the global step):
 How the work is split: :func:`device_histogram` and
 :func:`device_histograms` compute the minimum, maximum, count, sum, sum of
 squares and the bucket counts with torch on the tensor's own device, with no
-host synchronisation.  The small results of every tensor of one logging step
-are concatenated and copied to the host once (one copy per device), and the
+host synchronisation (two passes over the tensor, masked and scattered on
+the device).  The small results of every tensor of one logging step are
+concatenated and copied to the host once (one copy per device), and the
 protobufs are written on the run's background thread.  The whole tensor
-never leaves the device.
+never leaves the device.  CPU tensors, which have nothing to synchronise
+with, go through ``torch.histc`` directly, the faster choice there.
 
 Bins: ``bins`` equal-width buckets from the smallest to the largest finite
 value, the rule of ``torch.histc``: a value ``x`` goes to bucket
@@ -37,6 +39,7 @@ Empty tensors are skipped.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -96,11 +99,43 @@ def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
     (float64; float32 on MPS).  ``min``/``max`` are those of the finite
     values (0 when there is none).  :func:`device_histograms` turns rows into
     :class:`DeviceHistogram`.  ``tensor`` must not be empty.
+
+    On the CPU, where there is nothing to synchronise with, the row comes
+    from ``torch.histc`` itself (faster there); on every other device from
+    two sync-free passes that put each value in the same bucket.
     """
     flat = tensor.detach().reshape(-1)
-    numel = flat.numel()
-    if numel == 0:
+    if flat.numel() == 0:
         raise ValueError("histogram of an empty tensor")
+    work = torch.float64 if flat.dtype == torch.float64 else torch.float32
+    if flat.device.type == "cpu":
+        return _row_cpu(flat.to(work), bins)
+    return _row_sync_free(flat.to(work) if flat.numel() <= _CHUNK else flat, bins)
+
+
+def _row_cpu(flat: torch.Tensor, bins: int) -> torch.Tensor:
+    """:func:`histogram_row` for a flat float32/float64 CPU tensor: reading values back costs no sync here."""
+    low, high = (float(v) for v in torch.aminmax(flat))
+    values = flat
+    if not (math.isfinite(low) and math.isfinite(high)):  # NaN propagates, so finite bounds mean all finite
+        values = flat[torch.isfinite(flat)]
+        if values.numel():
+            low, high = (float(v) for v in torch.aminmax(values))
+    num = values.numel()
+    if num:
+        # With explicit finite bounds histc widens an empty range to value ± 1 itself.
+        counts = torch.histc(values, bins=bins, min=low, max=high).double()
+        total, square = float(values.sum()), float(torch.dot(values, values))
+    else:
+        low = high = total = square = 0.0
+        counts = torch.zeros(bins, dtype=torch.float64)
+    stats = torch.tensor([low, high, num, total, square, flat.numel() - num], dtype=torch.float64)
+    return torch.cat([stats, counts])
+
+
+def _row_sync_free(flat: torch.Tensor, bins: int) -> torch.Tensor:
+    """:func:`histogram_row` without reading anything back: for CUDA and other accelerators."""
+    numel = flat.numel()
     work = torch.float64 if flat.dtype == torch.float64 else torch.float32
     out = _row_dtype(flat.device)
     chunks = [c.to(work) for c in flat.split(_CHUNK)] if numel > _CHUNK else [flat.to(work)]
@@ -108,18 +143,28 @@ def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
     # Pass 1: range and moments of the finite values.  Non-finite values are
     # masked with torch.where (boolean indexing would need their count on the
     # host, a sync).
-    lows, highs, sums, squares, counts = [], [], [], [], []
+    lows: list[torch.Tensor] = []
+    highs: list[torch.Tensor] = []
+    sums: list[torch.Tensor] = []
+    squares: list[torch.Tensor] = []
+    counts: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []  # kept for pass 2 when there is one chunk
     for chunk in chunks:
         finite = torch.isfinite(chunk)
+        if len(chunks) == 1:
+            masks.append(finite)
         lows.append(torch.where(finite, chunk, float("inf")).amin())
         highs.append(torch.where(finite, chunk, float("-inf")).amax())
         zeroed = torch.where(finite, chunk, 0.0)
         sums.append(zeroed.sum())
         squares.append(torch.dot(zeroed, zeroed))
         counts.append(finite.sum())
-    low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
-    total, square = torch.stack(sums).sum(), torch.stack(squares).sum()
-    num = torch.stack(counts).sum()
+    if len(chunks) == 1:
+        low, high, total, square, num = lows[0], highs[0], sums[0], squares[0], counts[0]
+    else:
+        low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
+        total, square = torch.stack(sums).sum(), torch.stack(squares).sum()
+        num = torch.stack(counts).sum()
     some = num > 0
     low, high = torch.where(some, low, 0.0), torch.where(some, high, 0.0)
     # torch.histc widens an empty range to [value - 1, value + 1].
@@ -132,9 +177,9 @@ def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
     # largest index back to the host.
     buckets = torch.zeros(bins + 1, dtype=torch.int64, device=flat.device)
     for chunk in chunks:
-        finite = torch.isfinite(chunk)
-        # Multiply before dividing: the order torch.histc uses, so values on a
-        # bucket edge land in the same bucket.
+        finite = masks[0] if masks else torch.isfinite(chunk)
+        # Multiply before dividing: with this order values on a bucket edge
+        # land in the bucket torch.histc puts them in (the tests compare).
         position = ((chunk - left) * bins / width).floor_().clamp_(0, bins - 1)
         index = torch.where(finite, position, float(bins)).long()
         buckets.scatter_add_(0, index, torch.ones(1, dtype=torch.int64, device=flat.device).expand_as(index))
@@ -286,8 +331,12 @@ class Histograms:
             tensor = captured.get(f"output:{name}")
             if tensor is not None:
                 tagged.append((run.tag("activations", name or type(run.model).__name__), tensor))
-        # Empty tensors have no histogram; sparse and complex ones are not binned.
-        tagged = [(tag, t) for tag, t in tagged if t.numel() and t.layout == torch.strided and not t.is_complex()]
+        # Empty tensors have no histogram; sparse, complex and meta tensors are not binned.
+        tagged = [
+            (tag, t)
+            for tag, t in tagged
+            if t.numel() and t.layout == torch.strided and not t.is_complex() and t.device.type != "meta"
+        ]
         if not tagged:
             return
         with torch.no_grad():

@@ -74,6 +74,8 @@ def metric_tag(name: str) -> str:
 
 
 def _markdown_cell(value: Any) -> str:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
     text = value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 

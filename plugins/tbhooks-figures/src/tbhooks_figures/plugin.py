@@ -133,7 +133,9 @@ class Figures:
         self.every_n_evals = _check_int("every_n_evals", every_n_evals, 1)
         self.dpi = _check_int("dpi", dpi, 10, 600)
         if not isinstance(confusion_matrix, bool):
-            raise TypeError(f"Figures(confusion_matrix=...) expects True or False, got {type(confusion_matrix).__name__}")
+            raise TypeError(
+                f"Figures(confusion_matrix=...) expects True or False, got {type(confusion_matrix).__name__}"
+            )
         self.confusion_matrix = confusion_matrix
         self.max_classes = _check_int("max_classes", max_classes, 2)
         self._evals = 0

@@ -1,0 +1,43 @@
+"""The smallest useful tbhooks plugin: count what a fit did, write one line of text at its end."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tbhooks import hookimpl
+
+if TYPE_CHECKING:
+    from tbhooks import Run
+
+
+class Example:
+    """Counts training batches, epochs and evaluations; at the end of the fit writes
+    ``example/summary`` ("seen N batches, E epochs, V evaluations") to the TEXT dashboard."""
+
+    name = "example"
+
+    def __init__(self) -> None:
+        self.batches = self.epochs = self.evals = 0
+
+    # A hookimpl takes any subset of the event's arguments: these take none.
+    @hookimpl
+    def on_batch_end(self) -> None:
+        self.batches += 1
+
+    @hookimpl
+    def on_epoch_end(self) -> None:
+        self.epochs += 1
+
+    @hookimpl
+    def on_eval(self) -> None:
+        self.evals += 1
+
+    @hookimpl
+    def on_fit_end(self, run: Run) -> None:
+        summary = f"seen {self.batches} batches, {self.epochs} epochs, {self.evals} evaluations"
+        run.writer.add_text("example/summary", summary, run.step)
+
+
+def plugin() -> Example:
+    """The entry point: a fresh plugin (fresh counts) for every run."""
+    return Example()

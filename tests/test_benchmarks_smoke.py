@@ -1,0 +1,115 @@
+"""Smoke test of the benchmark harness (`benchmarks/run.py --quick`).
+
+It runs the whole harness on tiny sizes in a subprocess and checks that the
+RESULTS file it writes is well-formed and internally consistent: every row is
+there, numbers parse, each ratio agrees with the steps/s it was computed
+from, and each met/missed verdict agrees with its ratio and target.  There
+is no timing assertion: --quick numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = [
+    "bare loop",
+    "tbhooks default (autoload off)",
+    "tbhooks all (figures every 1000 steps)",
+    "tbhooks default + measure_overhead",
+    "tbhooks default, flush_secs=120",
+    "tutorial-style SummaryWriter",
+    "Lightning + TensorBoardLogger",
+    "Ignite + TensorboardLogger",
+]
+PEERS = {"Lightning + TensorBoardLogger": "pytorch_lightning", "Ignite + TensorboardLogger": "ignite"}
+
+
+def _table(text: str, first_header: str) -> list[list[str]]:
+    """The rows of the Markdown table whose header starts with ``| first_header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    assert re.fullmatch(r"\|(---\|)+", lines[start + 1]), lines[start + 1]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows
+
+
+def _verdict_agrees(value: float, target: float, verdict: str, higher_is_better: bool) -> None:
+    if abs(value - target) < 1e-3:  # printed values are rounded: too close to call from the text
+        return
+    ok = value >= target if higher_is_better else value <= target
+    assert verdict == ("met" if ok else "**missed**"), (value, target, verdict)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = out.read_text()
+    assert "--quick run" in text
+    assert "## Machine" in text and "## How measured" in text
+    assert re.search(r"^- torch: \d", text, re.M)
+
+    main = _table(text, "row")
+    assert [r[0] for r in main] == ROWS
+    steps = {}
+    for title, rate, ratio, spread, by_cpu, cold, target, verdict in main:
+        if title in PEERS and importlib.util.find_spec(PEERS[title]) is None:
+            assert rate == "skipped"
+            continue
+        steps[title] = float(rate)
+        assert steps[title] > 0
+        low, high = (float(x) for x in spread.split("–"))
+        assert 0 < low <= high
+        assert float(by_cpu) > 0 and float(cold) > 0
+        if target == "—":
+            assert verdict == "—"
+        else:
+            _verdict_agrees(float(ratio), float(target.removeprefix(">= ")), verdict, higher_is_better=True)
+    bare = steps["bare loop"]
+    for title, _, ratio, *_ in main:
+        if title in steps:
+            # The ratio is of the medians shown, up to their rounding.
+            assert float(ratio) == pytest.approx(steps[title] / bare, rel=2e-3, abs=2e-3)
+    assert main[0][2] == "1.000"
+
+    micro = {r[0].split(":")[0].split(" (")[0]: r for r in _table(text, "measurement")}
+    dispatch = micro["dispatch"]
+    guarded, bare_us, ratio = (float(x) for x in re.findall(r"[\d.]+", dispatch[1])[:3])
+    assert ratio == pytest.approx(guarded / bare_us, rel=0.02)
+    _verdict_agrees(ratio, 1.5, dispatch[3], higher_is_better=False)
+    histogram = next(r for name, r in micro.items() if name.startswith("histogram of a"))
+    theirs, ours, speedup = (float(x) for x in re.findall(r"[\d.]+", histogram[1].replace(",", ""))[:3])
+    assert speedup == pytest.approx(theirs / ours, rel=0.05)
+    _verdict_agrees(speedup, 2.0, histogram[3], higher_is_better=True)
+    figure = next(r for name, r in micro.items() if name.startswith("figures plugin, training-thread"))
+    if not figure[1].startswith("skipped"):
+        _verdict_agrees(float(figure[1].split()[0]), 1.0, figure[3], higher_is_better=False)
+    assert any(name.startswith("flush interval") for name in micro)
+    assert any(name.startswith("`measure_overhead=True`") for name in micro)
+    # The training-thread breakdown: both configurations, and its derived ratio agrees with its own columns.
+    thread = {r[0]: r for r in _table(text, "configuration")}
+    assert set(thread) == {"tbhooks default", "tbhooks all"}
+    for row in thread.values():
+        share = float(re.search(r"\(([\d.]+)%\)", row[4]).group(1)) / 100
+        assert float(row[7]) == pytest.approx(1 / (1 + share), abs=2e-3)
+    # The per-plugin costs tbhooks measured itself: one line per default plugin that has hooks.
+    plugins = {r[0] for r in _table(text, "plugin")}
+    assert {"scalars", "histograms"} <= plugins
