@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -50,7 +51,9 @@ def main() -> None:
         epochs=2,
         eval_loader=torch.utils.data.DataLoader(evaluation, batch_size=5),
     )
-    print(f"rank {os.environ['RANK']} accuracy {metrics['accuracy']:.6f} loss {metrics['loss']:.6f}", flush=True)
+    # One file per rank: lines printed by two processes to one pipe can interleave.
+    report = Path(logdir).parent / f"report-{os.environ['RANK']}.txt"
+    report.write_text(f"accuracy {metrics['accuracy']:.6f} loss {metrics['loss']:.6f}")
 
 
 if __name__ == "__main__":

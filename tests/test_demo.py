@@ -154,6 +154,13 @@ def test_bad_arguments_exit_2(argv, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+def test_help_exits_0(capsys):
+    assert demo.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--logdir", "--epochs", "--dataset", "--data-dir", "--download", "--disable", "--loop"):
+        assert option in out
+
+
 def test_cuda_without_cuda_is_one_line(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
