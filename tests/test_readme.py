@@ -70,3 +70,17 @@ def test_readme_examples_run_as_written(index, tmp_path, monkeypatch, capsys):
     else:
         assert "'accuracy'" in capsys.readouterr().out
         assert any(tmp_path.joinpath("runs").rglob("events.out.tfevents.*"))
+
+
+def test_every_test_the_bad_input_table_names_exists():
+    text = README.read_text()
+    table = text.split("### Bad input", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| input")]
+    assert len(rows) >= 10
+    sources = "\n".join(p.read_text() for p in README.parent.joinpath("tests").glob("test_*.py"))
+    for row in rows:
+        names = re.findall(r"`(?:tests/\w+\.py::)?(test_\w+?)(\*)?`", row.rsplit("|", 2)[1])
+        assert names, row
+        for name, wildcard in names:
+            pattern = rf"def {name}\w*\(" if wildcard else rf"def {name}\("
+            assert re.search(pattern, sources), f"the README's table names {name}, which no test defines"
