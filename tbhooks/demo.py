@@ -585,6 +585,12 @@ def _run(args: argparse.Namespace, device: torch.device, stream: Any) -> DemoRes
     if len(data.train) == 0 or len(data.test) == 0:
         raise DemoError(f"the {data.name} data has an empty split ({len(data.train)} train, {len(data.test)} test)")
     steps_per_epoch = -(-len(data.train) // args.batch_size)
+    print(
+        f"tbhooks demo: training on {data.name} ({len(data.train)} training / {len(data.test)} test images), "
+        f"{epochs} epochs, {device.type}, loop: {args.loop}",
+        file=stream or sys.stdout,
+        flush=True,
+    )
     plugins = [*demo_plugins(steps_per_epoch, epochs), EpochPrinter(epochs, stream)]
 
     torch.manual_seed(args.seed)
@@ -663,7 +669,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # --help, or argparse's own error message and status 2
         return int(exc.code or 0)
-    print(f"tbhooks demo: training on {args.dataset} (loop: {args.loop})", flush=True)
     try:
         result = run(args)
     except DemoError as exc:

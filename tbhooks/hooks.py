@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tbhooks.accumulate import DeviceSum
 from tbhooks.capture import Capturer
 from tbhooks.errors import Terminated
 from tbhooks.manager import PluginHost, env_flag, make_plugin_manager
@@ -190,7 +191,7 @@ class Hooks:
         self.run.step, self.run.epoch = self.step, self.epoch
         self.run.stop_on_nonfinite = stop_on_nonfinite
         self._capturer = Capturer(self.model)
-        self._epoch_loss: torch.Tensor | None = None
+        self._epoch_loss = DeviceSum()
         self._epoch_batches = 0
         self._eval: _EvalState | None = None
         self._started = False
@@ -249,7 +250,7 @@ class Hooks:
         self.fit_start()
         self.epoch = self.run.epoch = self._next_epoch
         self.batch_idx = 0
-        self._epoch_loss = None
+        self._epoch_loss.reset()
         self._epoch_batches = 0
         for name in self._host.overhead:
             self._host.overhead[name] = 0.0
@@ -274,8 +275,8 @@ class Hooks:
         prediction = select_output(outputs, self.output).detach()
         if loss is not None:
             loss = loss.detach()
-            # Summed on the device: the epoch mean is read back once, at epoch end.
-            self._epoch_loss = loss if self._epoch_loss is None else self._epoch_loss + loss
+            # Kept on the device: the epoch mean is read back once, at epoch end.
+            self._epoch_loss.add(loss)
         self._epoch_batches += 1
         self._host.hook.on_batch_end(
             run=self.run,
@@ -293,12 +294,12 @@ class Hooks:
     def epoch_end(self) -> dict[str, float]:
         """Fire ``on_epoch_end`` with the epoch's mean training loss, then flush."""
         metrics: dict[str, float] = {}
-        if self._epoch_loss is not None:
-            total = torch.stack(
-                [self._epoch_loss.float(), torch.tensor(float(self._epoch_batches), device=self._epoch_loss.device)]
+        total = self._epoch_loss.total()
+        if total is not None:
+            sums = self._all_reduce(
+                torch.stack([total, torch.tensor(float(self._epoch_loss.count), device=total.device)])
             )
-            total = self._all_reduce(total)
-            metrics["loss"] = float(total[0] / total[1])
+            metrics["loss"] = float(sums[0] / sums[1])
             self.check_finite("train/epoch_loss", metrics["loss"])
         self._host.hook.on_epoch_end(run=self.run, step=self.step, epoch=self.epoch, metrics=metrics)
         if self._measure and self._epoch_batches:

@@ -12,8 +12,9 @@ Tags (all against the global step):
 ``eval/<metric>``
     every evaluation metric (``eval/loss``, ``eval/accuracy``), at each evaluation.
 
-The batch losses are summed on the device; the sum is read back only on the
-steps that log, so steps in between cost one tensor addition and no sync.
+The batch losses stay on the device (:class:`tbhooks.accumulate.DeviceSum`
+keeps references and sums them in one operation); the mean is read back only
+on the steps that log, so steps in between cost a list append and no sync.
 Under torch.distributed the running mean is averaged over ranks.
 """
 
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from tbhooks.accumulate import DeviceSum
 from tbhooks.default_plugins._options import check_bool, check_int
 from tbhooks.markers import hookimpl
 
@@ -44,31 +46,29 @@ class Scalars:
     def __init__(self, every_n_steps: int = 50, lr: bool = True) -> None:
         self.every_n_steps = check_int("Scalars", "every_n_steps", every_n_steps, minimum=1)
         self.lr = check_bool("Scalars", "lr", lr)
-        self._sum: torch.Tensor | None = None
-        self._count = 0
+        self._losses = DeviceSum()
 
     @hookimpl
     def on_epoch_start(self) -> None:
-        self._sum, self._count = None, 0
+        self._losses.reset()
 
     @hookimpl
     def on_batch_end(self, run: Run, step: int, loss: torch.Tensor | None) -> None:
         if loss is not None:
-            self._sum = loss if self._sum is None else self._sum + loss
-            self._count += 1
+            self._losses.add(loss)
         if step % self.every_n_steps == 0:
             self._log(run, step)
 
     def _log(self, run: Run, step: int) -> None:
-        if self._sum is not None and self._count:
-            mean = self._sum.float() / self._count
+        mean = self._losses.mean()
+        if mean is not None:
             if run.world_size > 1 and torch.distributed.is_initialized():
                 torch.distributed.all_reduce(mean)
                 mean = mean / run.world_size
             value = float(mean)
             run.check_finite("train/loss", value)
             run.writer.add_scalar("train/loss", value, step)
-        self._sum, self._count = None, 0
+        self._losses.reset()
         if self.lr and run.optimizer is not None:
             groups = run.optimizer.param_groups
             for index, group in enumerate(groups):
@@ -77,7 +77,7 @@ class Scalars:
 
     @hookimpl
     def on_epoch_end(self, run: Run, step: int, metrics: Mapping[str, float]) -> None:
-        if self._count:
+        if self._losses.count:
             self._log(run, step)
         if "loss" in metrics:
             run.writer.add_scalar("train/epoch_loss", metrics["loss"], step)
