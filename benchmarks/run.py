@@ -76,8 +76,8 @@ class Config:
     histogram_every: int = 100  # "all" row: weights, gradients and activations every 100 steps
     hist_elements: int = 20_000_000
     hist_repeat: int = 3
-    dispatch_number: int = 20_000
-    dispatch_repeat: int = 7
+    dispatch_number: int = 5_000
+    dispatch_repeat: int = 5
     figure_calls: int = 5
     quick: bool = False
 
@@ -278,9 +278,30 @@ def all_plugins_setup(config: Config) -> AllPlugins:
 ALL = AllPlugins()
 
 
+ALL_LOGDIRS: list[Path] = []
+
+
 def tbhooks_all(w: Workload) -> None:
     """Every plugin on, figures included, with an evaluation (and so a figure) every ``figure_every`` steps."""
-    _tbhooks_fit(w, "all", evaluate=True, autoload=False, plugins=ALL.make())
+    ALL_LOGDIRS.append(_tbhooks_fit(w, "all", evaluate=True, autoload=False, plugins=ALL.make()))
+
+
+def all_row_contents() -> str:
+    """What the last timed "all" run wrote, read back with TensorBoard's reader: proof the row did the work."""
+    from tbhooks.testing import read_events
+
+    events = read_events(ALL_LOGDIRS[-1])
+    kinds: dict[str, int] = {}
+    for tag in events.histograms:
+        kinds[tag.split("/")[0]] = kinds.get(tag.split("/")[0], 0) + len(events.histograms[tag])
+    histograms = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
+    images = ", ".join(f"{t} x{len(v)}" for t, v in sorted(events.images.items())) or "none"
+    projector = any(ALL_LOGDIRS[-1].glob("**/projector_config.pbtxt"))
+    return (
+        f"histograms: {histograms}; images: {images}; PR curves: {len(events.pr_curves)} tags; "
+        f"scalars: {len(events.scalars)} tags; graph: {'yes' if events.graph else 'no'}; "
+        f"projector config: {'yes' if projector else 'no'}"
+    )
 
 
 def _to_probabilities(net: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, list[float]]:
@@ -787,6 +808,7 @@ def run_rows(w: Workload, rows: list[Row], warmup: Workload) -> None:
         row.fn(warmup)
         row.cold = time.perf_counter() - started
     MEASURED_LOGDIRS.clear()
+    ALL_LOGDIRS.clear()
     width = max(len(r.title) for r in active)
     for rep in range(w.config.reps):
         shift = rep % len(active)
@@ -834,6 +856,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = make_rows()
         run_rows(w, rows, warmup)
         collect_overhead()
+        contents = all_row_contents()
+        print(f"  the last all run wrote: {contents}")
 
         body, ratios = main_table(rows, w.steps)
         header = [
@@ -882,6 +906,7 @@ def main(argv: list[str] | None = None) -> int:
         inline_ms=inline_ms,
         fig=fig,
         thread=thread,
+        contents=contents,
         steps=w.steps,
         elapsed=elapsed,
         load=(load_start, loadavg()),
@@ -904,6 +929,7 @@ def render(
     inline_ms: float,
     fig: dict[str, Any],
     thread: dict[str, dict[str, float]],
+    contents: str,
     steps: int,
     elapsed: float,
     load: tuple[str, str],
@@ -937,7 +963,9 @@ def render(
     say()
     say(table(header, body))
     say()
-    say("Configuration of the tbhooks rows: " + "; ".join(ALL.notes) + ".")
+    say("Configuration of the all row: " + "; ".join(ALL.notes) + ".")
+    say()
+    say(f"What the last timed all run wrote (read back with TensorBoard's EventAccumulator): {contents}.")
     say()
 
     say("## Microbenchmarks")
@@ -1083,46 +1111,49 @@ def render(
 
     say("## How measured")
     say()
-    say(
-        "- Workload: the PyTorch TensorBoard tutorial's network, SGD(lr=0.001, momentum=0.9), cross-entropy; "
+    notes = [
+        "Workload: the PyTorch TensorBoard tutorial's network, SGD(lr=0.001, momentum=0.9), cross-entropy; "
         "synthetic data (random 28x28 images, 10 classes) pre-built in a TensorDataset, DataLoader with "
         "batch size 4, no workers, no shuffling; every row starts from the same initial weights; "
-        "`torch.set_num_threads(1)`."
-    )
-    say(
-        "- Each row is timed from creating its logger (Trainer, SummaryWriter, Lightning Trainer, Ignite engine) "
-        "to its logs being closed, so one-time costs (writer start, graph tracing, Lightning's set-up) count. "
-        "A warm-up pass runs every row once first (imports), untimed."
-    )
-    say(
-        f"- The tbhooks rows pass an evaluation loader of {config.eval_images} images (one batch), evaluated "
-        f"after every epoch ({len_train(config)} steps): the evaluation's forward pass counts against tbhooks; "
-        "the other rows do not evaluate. The default row uses `autoload=False` (entry points, hence the "
-        "figures plugin, not loaded); the all row loads entry points and passes the plugin instances listed above."
-    )
-    say(
-        "- Tutorial row: `loss.item()` every step, `add_scalar` and the tutorial's `plot_classes_preds` pyplot "
-        f"figure with `add_figure` every {config.figure_every} steps on the training thread; SummaryWriter "
-        "defaults (flush_secs=120)."
-    )
-    say(
-        "- Lightning row: LightningModule calling `self.log('train_loss', loss)`, TensorBoardLogger, default "
+        "`torch.set_num_threads(1)` for everything, microbenchmarks included.",
+        "Each row is timed from creating its logger (Trainer, SummaryWriter, Lightning Trainer, Ignite engine) "
+        "to its logs being closed, so one-time costs (writer start, graph tracing, Lightning's set-up, waiting "
+        "for background work at close) count. Before the timing every row runs once on a few steps, untimed "
+        "(imports, first-call costs); that first run's wall time is the 'cold run' column.",
+        "Rows are interleaved (repetition 1 runs every row, then repetition 2, ...; the order rotates). "
+        "'ratio to bare' is the ratio of the median steps/s; the range is that of the per-repetition ratios "
+        "(row vs the bare loop of the same repetition); 'ratio by CPU time' compares the median process CPU "
+        "time (every thread) instead of wall time: less sensitive to other processes, but it counts "
+        "background threads and not waiting.",
+        "tbhooks default (and its measure_overhead and flush_secs=120 variants): `tbhooks.Trainer` with the "
+        "built-in plugins at their defaults, training only (no evaluation loader), `autoload=False` (entry "
+        "points, hence the figures plugin, not loaded).",
+        f"tbhooks all: the plugin objects listed above, `autoload=False`, and an evaluation loader of "
+        f"{config.eval_images} images (one batch) evaluated after every epoch ({len_train(config)} steps), which "
+        "is when the figures plugin draws; the evaluation's forward pass counts against tbhooks (no other row "
+        "evaluates).",
+        "Tutorial row: `loss.item()` every step, `add_scalar` and the tutorial's `plot_classes_preds` pyplot "
+        f"figure (figsize 12x48 inches) with `add_figure` every {config.figure_every} steps on the training "
+        "thread; SummaryWriter defaults (flush_secs=120).",
+        "Lightning row: LightningModule calling `self.log('train_loss', loss)`, TensorBoardLogger, default "
         "`log_every_n_steps` (50), progress bar, checkpointing and model summary off. Ignite row: "
         "`create_supervised_trainer` (its default output transform reads `loss.item()` every step) and "
-        "TensorboardLogger's OutputHandler every 50 iterations."
-    )
-    say(
-        "- Dispatch: `timeit`, best of several repeats, interleaved; the tbhooks manager is the one "
-        "`tbhooks.manager.PluginHost` builds (fault isolation on, tracing off)."
-    )
-    say(
-        "- Histograms: best of the repeats; `add_histogram` (numpy on the CPU, default bins) writing to a "
-        "temporary log directory vs `device_histogram` (torch) + `add_histogram_raw` to the same writer."
-    )
-    say(
-        "- The machine is shared (see the load averages above): ratios within a few percent of a target "
-        "are within the noise; the per-repetition range shows how large that noise was."
-    )
+        "TensorboardLogger's OutputHandler every 50 iterations.",
+        "Dispatch: `timeit`, best of several repeats, interleaved; the tbhooks manager is the one "
+        "`tbhooks.manager.PluginHost` builds (fault isolation on, tracing off); the bare manager is "
+        "`pluggy.PluginManager` with the same hook spec and 10 equal plugins.",
+        "Histograms: best of the repeats, interleaved; `add_histogram` (numpy on the CPU, default "
+        "'tensorflow' bins) vs `device_histogram` (torch) + `add_histogram_raw`, both to one writer on a "
+        "temporary log directory.",
+        "Figure time: a hand-written loop evaluates the same images with the figures plugin on and off "
+        "(no other plugin); the difference of the median evaluation times divided by the figures written per "
+        "evaluation. `Hooks.eval_end` flushes the writer and a flush waits for the background thread, so "
+        "the drawing time shows up here.",
+        "The machine may be shared (see the load averages above): differences within the per-repetition "
+        "range are noise.",
+    ]
+    for note in notes:
+        say(f"- {note}")
     return out.getvalue()
 
 

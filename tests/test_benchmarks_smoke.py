@@ -90,6 +90,15 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
             assert float(ratio) == pytest.approx(steps[title] / bare, rel=2e-3, abs=2e-3)
     assert main[0][2] == "1.000"
 
+    # The all row really did the work it claims: read back from its last log directory.
+    wrote = re.search(r"^What the last timed all run wrote .*$", text, re.M).group(0)
+    assert "graph: yes" in wrote
+    for kind in ("activations", "grads", "weights"):
+        assert re.search(rf"\d+ {kind}", wrote), wrote
+    assert "images/inputs" in wrote
+    if importlib.util.find_spec("tbhooks_figures") is not None:
+        assert "figures/predictions_vs_actuals x1" in wrote and "figures/confusion_matrix x1" in wrote
+
     micro = {r[0].split(":")[0].split(" (")[0]: r for r in _table(text, "measurement")}
     dispatch = micro["dispatch"]
     guarded, bare_us, ratio = (float(x) for x in re.findall(r"[\d.]+", dispatch[1])[:3])
