@@ -585,12 +585,14 @@ def _run(args: argparse.Namespace, device: torch.device, stream: Any) -> DemoRes
     if len(data.train) == 0 or len(data.test) == 0:
         raise DemoError(f"the {data.name} data has an empty split ({len(data.train)} train, {len(data.test)} test)")
     steps_per_epoch = -(-len(data.train) // args.batch_size)
-    print(
-        f"tbhooks demo: training on {data.name} ({len(data.train)} training / {len(data.test)} test images), "
-        f"{epochs} epochs, {device.type}, loop: {args.loop}",
-        file=stream or sys.stdout,
-        flush=True,
-    )
+    writer_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 reports
+    if writer_rank:
+        print(
+            f"tbhooks demo: training on {data.name} ({len(data.train)} training / {len(data.test)} test images), "
+            f"{epochs} epochs, {device.type}, loop: {args.loop}",
+            file=stream or sys.stdout,
+            flush=True,
+        )
     plugins = [*demo_plugins(steps_per_epoch, epochs), EpochPrinter(epochs, stream)]
 
     torch.manual_seed(args.seed)
@@ -598,10 +600,11 @@ def _run(args: argparse.Namespace, device: torch.device, stream: Any) -> DemoRes
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     train_loader, test_loader = make_loaders(data, args.batch_size, seed=args.seed)
     run_dir = fresh_run_dir(args.logdir, f"{data.name}-{args.loop}")
-    try:
-        check_logdir(run_dir)
-    except ValueError as exc:
-        raise DemoError(f"--logdir: {_one_line(exc)}") from None
+    if writer_rank:  # under torchrun only rank 0 writes; the others never touch the file system
+        try:
+            check_logdir(run_dir)
+        except ValueError as exc:
+            raise DemoError(f"--logdir: {_one_line(exc)}") from None
     fit = fit_trainer if args.loop == "trainer" else fit_custom_loop
     metrics = fit(
         model,
@@ -620,7 +623,7 @@ def _run(args: argparse.Namespace, device: torch.device, stream: Any) -> DemoRes
         run_dir=run_dir,
         metrics=dict(metrics),
         model=model,
-        dashboards=dashboard_summary(run_dir),
+        dashboards=dashboard_summary(run_dir) if writer_rank else {},
         data=data,
         device=device,
         seconds=time.perf_counter() - started,
@@ -674,5 +677,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DemoError as exc:
         print(f"tbhooks demo: error: {exc}", file=sys.stderr)
         return 2
-    print(format_report(result, args.logdir))
+    if result.dashboards:  # ranks other than 0 (torchrun) wrote nothing to report
+        print(format_report(result, args.logdir))
     return 0
