@@ -52,3 +52,23 @@ def test_torchrun_two_processes_one_event_stream(tmp_path):
         assert tag in events.pr_curves, sorted(events.pr_curves)
         for _, table in events.pr_curves[tag]:
             assert table[:4, 0].sum() == 37
+
+
+@pytest.mark.slow
+def test_torchrun_demo_leaves_one_run(tmp_path):
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
+            *(str(Path(sys.executable).with_name("tbhooks")), "demo", "--logdir", str(tmp_path)),
+            *("--epochs", "1", "--limit", "160", "--disable", "figures", "embeddings", "graph"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list(tmp_path.iterdir())
+    assert len(runs) == 1, runs
+    assert len(list(runs[0].glob("events.out.tfevents.*"))) == 1
+    assert done.stdout.count("final test accuracy") == 1, "rank 0 alone reports"
+    assert "train/loss" in read_events(runs[0]).scalars
