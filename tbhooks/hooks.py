@@ -376,12 +376,18 @@ class Hooks:
             self.close()
 
     def flush(self) -> None:
-        """Wait for background work, report its errors, then write every pending event to disk."""
-        self._drain()
+        """Write every pending event to disk and report errors of finished background work.
+
+        It does not wait for background work still running (a figure being
+        drawn): the training thread goes on, and what that work writes is
+        flushed by the writer's own interval, the next flush, or ``close``,
+        which waits for all of it.
+        """
+        self._drain(wait=False)
         self.run.writer.flush()
 
-    def _drain(self) -> None:
-        for fn, exc in self.run.drain():
+    def _drain(self, wait: bool) -> None:
+        for fn, exc in self.run.drain(wait=wait):
             self._background_error(fn, exc)
 
     def close(self) -> None:
@@ -394,7 +400,7 @@ class Hooks:
             self._capturer.detach()
             for module, training in self._modes:
                 module.training = training
-            self._drain()
+            self._drain(wait=True)
             self.run._background.stop()
         finally:
             self.run.writer.flush()

@@ -111,8 +111,9 @@ class _Background:
     """One worker thread that runs plugin work off the training thread, in order.
 
     Figures, PNG encoding and PR-curve tables are produced here.  ``drain``
-    waits until every submitted task ran; the core calls it before each flush
-    and before closing the writer, so nothing submitted is lost.
+    waits until every submitted task ran; the core calls it before closing the
+    writer, so nothing submitted is lost, and never in the middle of a run, so
+    the training thread never waits for a figure.
     """
 
     def __init__(self) -> None:
@@ -222,9 +223,14 @@ class Run:
         """
         self._background.submit(fn, args, kwargs)
 
-    def drain(self) -> list[tuple[Callable[..., Any], BaseException]]:
-        """Wait until every task given to :meth:`submit` has run; return the errors they raised since the last drain."""
-        self._background.drain()
+    def drain(self, wait: bool = True) -> list[tuple[Callable[..., Any], BaseException]]:
+        """Return the errors background tasks raised since the last call.
+
+        With ``wait`` (the default) first wait until every task given to
+        :meth:`submit` has run; without it, return at once.
+        """
+        if wait:
+            self._background.drain()
         errors, self._background.errors = self._background.errors, []
         return errors
 
