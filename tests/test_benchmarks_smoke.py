@@ -70,7 +70,7 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
     main = _table(text, "row")
     assert [r[0] for r in main] == ROWS
     steps = {}
-    for title, rate, ratio, spread, by_cpu, cold, target, verdict in main:
+    for title, rate, rates, ratio, spread, by_cpu, cold, target, verdict in main:
         if title in PEERS and importlib.util.find_spec(PEERS[title]) is None:
             assert rate == "skipped"
             continue
@@ -78,17 +78,22 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
         assert steps[title] > 0
         low, high = (float(x) for x in spread.split("–"))
         assert 0 < low <= high
+        slowest, fastest = (float(x) for x in rates.split("–"))
+        assert slowest - 0.5 <= steps[title] <= fastest + 0.5  # the median lies in the range (rounded)
         assert float(by_cpu) > 0 and float(cold) > 0
         if target == "—":
             assert verdict == "—"
         else:
-            _verdict_agrees(float(ratio), float(target.removeprefix(">= ")), verdict, higher_is_better=True)
+            goal = float(target.removeprefix(">= "))
+            _verdict_agrees(float(ratio), goal, verdict.removesuffix(" (within noise)"), higher_is_better=True)
+            # "within noise" exactly when the per-repetition ratios fall on both sides of the target.
+            assert verdict.endswith(" (within noise)") == (low < goal <= high), (verdict, spread, goal)
     bare = steps["bare loop"]
-    for title, _, ratio, *_ in main:
+    for title, _, _, ratio, *_ in main:
         if title in steps:
             # The ratio is of the medians shown, up to their rounding.
             assert float(ratio) == pytest.approx(steps[title] / bare, rel=2e-3, abs=2e-3)
-    assert main[0][2] == "1.000"
+    assert main[0][3] == "1.000"
 
     # The all row really did the work it claims: read back from its last log directory.
     wrote = re.search(r"^What the last timed all run wrote .*$", text, re.M).group(0)
@@ -118,7 +123,11 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
     assert set(thread) == {"tbhooks default", "tbhooks all"}
     for row in thread.values():
         share = float(re.search(r"\(([\d.]+)%\)", row[4]).group(1)) / 100
-        assert float(row[7]) == pytest.approx(1 / (1 + share), abs=2e-3)
+        assert float(row[10]) == pytest.approx(1 / (1 + share), abs=2e-3)
+        spent, whole = (float(x) for x in row[6].split(" of "))
+        assert 0 < spent < whole
+        assert float(row[7]) == pytest.approx(1 - spent / whole, abs=5e-3)  # ms are rounded
+        _verdict_agrees(float(row[7]), float(row[8].removeprefix(">= ")), row[9], higher_is_better=True)
     # The per-plugin costs tbhooks measured itself: one line per default plugin that has hooks.
     plugins = {r[0] for r in _table(text, "plugin")}
     assert {"scalars", "histograms"} <= plugins
