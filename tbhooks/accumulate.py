@@ -34,12 +34,16 @@ class DeviceSum:
             self._collapse()
 
     def _collapse(self) -> None:
-        folded = torch.stack([v.reshape(()) for v in self._pending]).float().sum()
+        pending = [v if v.ndim == 0 else v.reshape(()) for v in self._pending]
+        stacked = torch.stack(pending)
+        # float64 where the device has it: totals are subtracted to get interval sums.
+        dtype = torch.float32 if stacked.device.type == "mps" else torch.float64
+        folded = stacked.to(dtype).sum()
         self._total = folded if self._total is None else self._total + folded
         self._pending = []
 
     def total(self) -> torch.Tensor | None:
-        """The sum so far as a float32 tensor on the values' device, or ``None`` when nothing was added."""
+        """The sum so far as a float64 tensor (float32 on MPS) on the values' device, or ``None`` when empty."""
         if self._pending:
             self._collapse()
         return self._total

@@ -117,6 +117,8 @@ class Capturer:
 
     def due_for_step(self, step: int) -> list[Capture]:
         """The requests that capture on training step ``step``, one per key (cheap: no tensors touched)."""
+        if not self.requests:
+            return []
         return self._one_per_key(r for r in self.requests if r.due(step))
 
     def due_for_eval(self) -> list[Capture]:
@@ -140,11 +142,14 @@ class Capturer:
             else:
                 self._handles.append(module.register_full_backward_hook(self._store_grad(key)))
 
-    def detach(self) -> None:
-        """Remove every hook this capturer registered.  Safe to call twice."""
+    def detach(self) -> bool:
+        """Remove every hook this capturer registered; whether there were any.  Safe to call twice."""
+        if not self._handles:
+            return False
         handles, self._handles = self._handles, []
         for handle in handles:
             handle.remove()
+        return True
 
     def take(self) -> dict[str, torch.Tensor]:
         """Return what was captured since the last call and start afresh."""

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tbhooks.accumulate import DeviceSum
 from tbhooks.capture import Capturer
 from tbhooks.errors import Terminated
 from tbhooks.manager import PluginHost, env_flag, make_plugin_manager
@@ -191,8 +190,8 @@ class Hooks:
         self.run.step, self.run.epoch = self.step, self.epoch
         self.run.stop_on_nonfinite = stop_on_nonfinite
         self._capturer = Capturer(self.model)
-        self._epoch_loss = DeviceSum()
         self._epoch_batches = 0
+        self._batch_end_checks: list[Callable[[int], bool]] | None = None
         self._eval: _EvalState | None = None
         self._started = False
         self._closed = False
@@ -244,13 +243,29 @@ class Hooks:
         for result in self._host.hook.on_capture_request(run=self.run):
             requests.extend(result)
         self._capturer.set_requests(requests)
+        self._batch_end_checks = self._batch_end_schedule()
+
+    def _batch_end_schedule(self) -> list[Callable[[int], bool]] | None:
+        """The ``batch_end_due`` checks of the plugins implementing ``on_batch_end``, or
+        ``None`` when one of them has none (then every step dispatches).
+
+        The fast path this enables: on a step no plugin is due, ``on_batch_end``
+        is not raised at all, which saves pluggy's call on nearly every step.
+        """
+        checks: list[Callable[[int], bool]] = []
+        for impl in self._host.hook.on_batch_end.get_hookimpls():
+            due = getattr(impl.plugin, "batch_end_due", None)
+            if not callable(due):
+                return None
+            checks.append(due)
+        return checks
 
     def epoch_start(self) -> None:
         """Fire ``on_epoch_start`` for the next epoch."""
         self.fit_start()
         self.epoch = self.run.epoch = self._next_epoch
         self.batch_idx = 0
-        self._epoch_loss.reset()
+        self.run.train_losses.reset()
         self._epoch_batches = 0
         for name in self._host.overhead:
             self._host.overhead[name] = 0.0
@@ -267,17 +282,25 @@ class Hooks:
             self._capturer.attach(due)
 
     def batch_end(self, inputs: Any, targets: Any, outputs: Any, loss: torch.Tensor | None = None) -> None:
-        """Fire ``on_batch_end`` for the batch just trained; call it after ``optimizer.step()``."""
-        self._capturer.detach()
-        captured = self._capturer.take()
+        """Fire ``on_batch_end`` for the batch just trained; call it after ``optimizer.step()``.
+
+        When every plugin implementing ``on_batch_end`` has a ``batch_end_due(step)``
+        method and none is due, the event is skipped (see the README's
+        "Writing a plugin"); the loss still counts toward ``run.train_losses``.
+        """
+        captured = self._capturer.take() if self._capturer.detach() else {}
         self.step += 1
-        self.run.step = self.step
-        prediction = select_output(outputs, self.output).detach()
+        self.run.step = step = self.step
         if loss is not None:
             loss = loss.detach()
-            # Kept on the device: the epoch mean is read back once, at epoch end.
-            self._epoch_loss.add(loss)
+            # Kept on the device: means are read back only on steps that log.
+            self.run.train_losses.add(loss)
         self._epoch_batches += 1
+        checks = self._batch_end_checks
+        if checks is not None and not captured and not any(due(step) for due in checks):
+            self.batch_idx += 1
+            return
+        prediction = select_output(outputs, self.output).detach()
         self._host.hook.on_batch_end(
             run=self.run,
             step=self.step,
@@ -294,11 +317,11 @@ class Hooks:
     def epoch_end(self) -> dict[str, float]:
         """Fire ``on_epoch_end`` with the epoch's mean training loss, then flush."""
         metrics: dict[str, float] = {}
-        total = self._epoch_loss.total()
+        losses = self.run.train_losses
+        total = losses.total()
         if total is not None:
-            sums = self._all_reduce(
-                torch.stack([total, torch.tensor(float(self._epoch_loss.count), device=total.device)])
-            )
+            count = torch.tensor(float(losses.count), device=total.device, dtype=total.dtype)
+            sums = self._all_reduce(torch.stack([total, count]))
             metrics["loss"] = float(sums[0] / sums[1])
             self.check_finite("train/epoch_loss", metrics["loss"])
         self._host.hook.on_epoch_end(run=self.run, step=self.step, epoch=self.epoch, metrics=metrics)

@@ -248,6 +248,9 @@ class PluginHost:
         self.faults: dict[str, Fault] = {}
         self.overhead: dict[str, float] = {}
         self._undo_trace: Callable[[], None] | None = None
+        # Names by object, kept after a plugin is unregistered: late errors of its
+        # background work are still attributed to it (and not reported twice).
+        self._names = {id(plugin): name for name, plugin in pm.list_name_plugin() if plugin is not None}
         if not strict or measure:
             for name, plugin in list(pm.list_name_plugin()):
                 if plugin is not None:
@@ -319,7 +322,7 @@ class PluginHost:
     def owner_of(self, fn: Callable[..., Any]) -> str | None:
         """The registered name of the plugin a bound method ``fn`` belongs to."""
         owner = getattr(fn, "__self__", None)
-        return self.pm.get_name(owner) if owner is not None else None
+        return self._names.get(id(owner)) if owner is not None else None
 
     def fault_summary(self) -> str:
         """One line per disabled plugin, for the end of a fit ('' when none)."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tbhooks.accumulate import DeviceSum
 from tbhooks.errors import NonFiniteLossWarning, TbhooksWarning
 
 if TYPE_CHECKING:
@@ -189,6 +190,12 @@ class Run:
         self.world_size = world_size
         self.step = 0
         self.epoch = 0
+        self.train_losses = DeviceSum()
+        """The current epoch's training batch losses, kept on the device (reset at each epoch start).
+
+        ``total()`` and ``count`` give the sum and the number of losses so far;
+        the scalars plugin logs interval means as differences of totals, so no
+        plugin has to see every step."""
         self.stop_reason: str | None = None
         self.stop_on_nonfinite = False
         self._said: set[str] = set()

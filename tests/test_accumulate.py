@@ -14,7 +14,7 @@ def test_sum_and_mean_across_folds():
     for value in values:
         acc.add(value)
     assert acc.count == 7
-    assert acc.total().dtype == torch.float32
+    assert acc.total().dtype == torch.float64
     assert float(acc.total()) == pytest.approx(sum(float(v) for v in values))
     assert float(acc.mean()) == pytest.approx(sum(float(v) for v in values) / 7)
     acc.add(torch.tensor([1.0]))  # a one-element tensor counts like a scalar

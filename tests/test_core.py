@@ -143,9 +143,9 @@ def test_dict_outputs_without_a_key_say_how_to_choose(tmp_path):
 def test_trace_prints_each_hook_call(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TBHOOKS_TRACE", "1")
     model = mlp()
-    with tbhooks.attach(model, logdir=tmp_path, disable=QUIET, autoload=False) as hooks:
+    with tbhooks.attach(model, logdir=tmp_path, plugins=[LossProbe()], disable=QUIET, autoload=False) as hooks:
         hooks.epoch_start()
-        hooks.batch_end(torch.zeros(2, 6), torch.zeros(2, dtype=torch.long), model(torch.zeros(2, 6)))
+        hooks.batch_end(torch.zeros(2, 6), torch.zeros(2, dtype=torch.long), model(torch.zeros(2, 6)), torch.ones(()))
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("tbhooks trace:")]
     assert [line.split()[2] for line in lines] == [
@@ -156,3 +156,27 @@ def test_trace_prints_each_hook_call(tmp_path, monkeypatch, capsys):
         "on_fit_end",
     ]
     assert "step=1" in lines[3] and "us [" in lines[3]
+
+
+def test_on_batch_end_is_skipped_on_steps_no_plugin_is_due(tmp_path):
+    from tbhooks.testing import HookRecorder
+
+    data = loader(classification_data(n=80))  # 10 steps an epoch
+    for plugins, expected in (([Scalars(every_n_steps=4)], [4, 8]), ([Scalars(every_n_steps=4), LossProbe()], None)):
+        model = mlp()
+        trainer = tbhooks.Trainer(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            nn.functional.cross_entropy,
+            logdir=tmp_path / str(len(plugins)),
+            plugins=plugins,
+            disable=QUIET,
+            autoload=False,
+        )
+        recorder = HookRecorder().install(trainer)
+        trainer.fit(data, epochs=1)
+        steps = [call["step"] for call in recorder.of("on_batch_end")]
+        # Every plugin with on_batch_end has batch_end_due: only due steps raise the event.
+        # A plugin without it (LossProbe) is due on every step.
+        assert steps == (expected or list(range(1, 11)))
+        assert read_events(tmp_path / str(len(plugins))).steps("train/loss") == [4, 8, 10]

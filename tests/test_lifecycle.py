@@ -36,10 +36,26 @@ def expected(epochs: int, with_eval: bool, end: str = "on_fit_end") -> list[str]
     return start + body * epochs + [end]
 
 
+class EveryStep:
+    """Implements on_batch_end without ``batch_end_due``: the core raises the event on every step."""
+
+    name = "every_step"
+
+    @tbhooks.hookimpl
+    def on_batch_end(self):
+        pass
+
+
 def make_trainer(tmp_path, loss_fn=nn.functional.cross_entropy):
     model = mlp()
     trainer = tbhooks.Trainer(
-        model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, logdir=tmp_path, disable=QUIET, autoload=False
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn,
+        logdir=tmp_path,
+        plugins=[EveryStep()],
+        disable=QUIET,
+        autoload=False,
     )
     return trainer, HookRecorder().install(trainer)
 
@@ -83,7 +99,7 @@ def test_an_exception_mid_epoch_ends_with_on_exception(tmp_path):
 def test_custom_loop_context_manager_raises_the_same_events(tmp_path):
     model = mlp()
     data = loader(classification_data(n=16))
-    hooks = tbhooks.attach(model, logdir=tmp_path, disable=QUIET, autoload=False)
+    hooks = tbhooks.attach(model, logdir=tmp_path, plugins=[EveryStep()], disable=QUIET, autoload=False)
     recorder = HookRecorder(hooks)
     with hooks:
         hooks.epoch_start()

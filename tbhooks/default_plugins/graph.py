@@ -182,6 +182,10 @@ class Graph:
         self.text_fallback = check_bool("Graph", "text_fallback", text_fallback)
         self._done = False
 
+    def batch_end_due(self, step: int) -> bool:
+        """The core's fast path: only the first batch of a fit is needed."""
+        return not self._done
+
     @hookimpl
     def on_fit_start(self) -> None:
         self._done = False

@@ -67,6 +67,10 @@ class Images:
     def _due(self, epoch: int) -> bool:
         return self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
 
+    def batch_end_due(self, step: int) -> bool:
+        """The core's fast path: needed on the first batch, and on every batch when epoch grids are on."""
+        return not self._started or self.every_n_epochs > 0
+
     @hookimpl
     def on_fit_start(self) -> None:
         self._started = False

@@ -12,9 +12,11 @@ Tags (all against the global step):
 ``eval/<metric>``
     every evaluation metric (``eval/loss``, ``eval/accuracy``), at each evaluation.
 
-The batch losses stay on the device (:class:`tbhooks.accumulate.DeviceSum`
-keeps references and sums them in one operation); the mean is read back only
-on the steps that log, so steps in between cost a list append and no sync.
+The batch losses stay on the device in ``run.train_losses`` (the core keeps
+them; :class:`tbhooks.accumulate.DeviceSum` sums references in one operation);
+the interval mean is read back only on the steps that log.  The plugin has a
+``batch_end_due`` method, so on steps between points the core does not even
+raise ``on_batch_end`` for it.
 Under torch.distributed the running mean is averaged over ranks.
 """
 
@@ -24,7 +26,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tbhooks.accumulate import DeviceSum
 from tbhooks.default_plugins._options import check_bool, check_int
 from tbhooks.markers import hookimpl
 
@@ -46,29 +47,37 @@ class Scalars:
     def __init__(self, every_n_steps: int = 50, lr: bool = True) -> None:
         self.every_n_steps = check_int("Scalars", "every_n_steps", every_n_steps, minimum=1)
         self.lr = check_bool("Scalars", "lr", lr)
-        self._losses = DeviceSum()
+        # Where run.train_losses stood at the last point: the next point is the
+        # mean of what was added since (a difference of device totals, no sync).
+        self._mark_total: torch.Tensor | None = None
+        self._mark_count = 0
+
+    def batch_end_due(self, step: int) -> bool:
+        """The core raises ``on_batch_end`` on a step only when some plugin is due (the fast path)."""
+        return step % self.every_n_steps == 0
 
     @hookimpl
     def on_epoch_start(self) -> None:
-        self._losses.reset()
+        self._mark_total, self._mark_count = None, 0
 
     @hookimpl
-    def on_batch_end(self, run: Run, step: int, loss: torch.Tensor | None) -> None:
-        if loss is not None:
-            self._losses.add(loss)
+    def on_batch_end(self, run: Run, step: int) -> None:
         if step % self.every_n_steps == 0:
             self._log(run, step)
 
     def _log(self, run: Run, step: int) -> None:
-        mean = self._losses.mean()
-        if mean is not None:
+        losses = run.train_losses
+        total = losses.total()
+        if total is not None and losses.count > self._mark_count:
+            interval = total if self._mark_total is None else total - self._mark_total
+            mean = (interval / (losses.count - self._mark_count)).float()
             if run.world_size > 1 and torch.distributed.is_initialized():
                 torch.distributed.all_reduce(mean)
                 mean = mean / run.world_size
             value = float(mean)
             run.check_finite("train/loss", value)
             run.writer.add_scalar("train/loss", value, step)
-        self._losses.reset()
+            self._mark_total, self._mark_count = total, losses.count
         if self.lr and run.optimizer is not None:
             groups = run.optimizer.param_groups
             for index, group in enumerate(groups):
@@ -77,7 +86,7 @@ class Scalars:
 
     @hookimpl
     def on_epoch_end(self, run: Run, step: int, metrics: Mapping[str, float]) -> None:
-        if self._losses.count:
+        if run.train_losses.count > self._mark_count:
             self._log(run, step)
         if "loss" in metrics:
             run.writer.add_scalar("train/epoch_loss", metrics["loss"], step)
