@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,26 @@ NAN, INF = float("nan"), float("inf")
 # -- device_histogram on known data ---------------------------------------------
 
 
-@pytest.fixture(params=["cpu", "sync_free"])
+@pytest.fixture(params=["cpu", "cpu_chunked", "sync_free"])
 def row_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test through each implementation: torch.histc on the CPU, and the sync-free
-    two-pass one that CUDA and other accelerators use (forced here on CPU tensors)."""
+    """Run a test through each implementation: the CPU one as it runs on these small tensors
+    (torch.histc), the CPU one's chunked loop (forced, in chunks of 97 so that the last one is
+    short), and the sync-free two-pass one that CUDA and other accelerators use (forced here on
+    CPU tensors)."""
+    if request.param == "cpu_chunked":
+        monkeypatch.setattr(histograms_module, "_HISTC_BELOW", 0)
+        monkeypatch.setattr(histograms_module, "_CPU_CHUNK", 97)
     if request.param == "sync_free":
         monkeypatch.setattr(histograms_module, "_row_cpu", histograms_module._row_sync_free)
+    return request.param
+
+
+@pytest.fixture(params=["histc", "chunked"])
+def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The CPU implementation only, through torch.histc (small tensors) and through the chunked loop."""
+    if request.param == "chunked":
+        monkeypatch.setattr(histograms_module, "_HISTC_BELOW", 0)
+        monkeypatch.setattr(histograms_module, "_CPU_CHUNK", 97)
     return request.param
 
 
@@ -76,6 +91,82 @@ def test_values_on_bucket_edges_land_where_histc_puts_them(row_path: str) -> Non
             x = torch.arange(n, dtype=torch.float32) * scale
             for bins in (3, 6, 12):
                 assert device_histogram(x, bins=bins).bucket_counts == torch.histc(x, bins=bins).tolist(), (n, scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linspace_and_integer_data_match_histc(dtype: torch.dtype, row_path: str) -> None:
+    # linspace puts values on (or one rounding off) every bucket edge; integers fall on edges whenever
+    # the range divides evenly.  64 buckets as the plugin's default, 100 as a count that is no power of 2.
+    generator = torch.Generator().manual_seed(6)
+    for bins in (64, 100):
+        for x in (
+            torch.linspace(-3.3, 12.9, 6401, dtype=dtype),
+            torch.linspace(0.0, 1.0, bins + 1, dtype=dtype),
+            torch.randint(-50, 51, (3000,), generator=generator).to(dtype),
+            torch.randint(0, 7, (500,), generator=generator).to(dtype),
+        ):
+            assert device_histogram(x, bins=bins).bucket_counts == torch.histc(x, bins=bins).tolist(), (bins, x[:3])
+
+
+def test_large_tensor_takes_the_chunked_loop_and_matches_histc() -> None:
+    # Above _HISTC_BELOW without any patching, with the real chunk size and a short last chunk.
+    n = histograms_module._CPU_CHUNK + histograms_module._HISTC_BELOW + 5
+    x = torch.randn(n, generator=torch.Generator().manual_seed(7))
+    x[:1000] = torch.arange(1000.0) / 100  # integers and hundredths: many values on bucket edges
+    h = device_histogram(x, bins=64)
+    assert h.bucket_counts == torch.histc(x, bins=64).tolist()
+    assert (h.min, h.max, h.num, h.nonfinite) == (x.min().item(), x.max().item(), n, 0)
+
+
+def test_sums_are_accumulated_in_float64(cpu_path: str) -> None:
+    # Values near 1: float32 accumulation of 20,000 squares is off by more than 1e-9 relative.
+    x = 1 + torch.randn(20_000, generator=torch.Generator().manual_seed(8)) * 1e-3
+    h = device_histogram(x, bins=8)
+    reference = x.double()
+    assert h.sum == pytest.approx(reference.sum().item(), rel=1e-12)
+    assert h.sum_squares == pytest.approx(reference.dot(reference).item(), rel=1e-12)
+
+
+def test_aminmax_propagates_nan_and_infinities() -> None:
+    # The CPU path skips the isfinite pass when aminmax's bounds are finite: that relies on aminmax
+    # returning a non-finite bound for any NaN or infinity, wherever it sits (vectorised body or tail).
+    for dtype in (torch.float32, torch.float64):
+        for n in (1, 7, 33, 1000):
+            for at in sorted({0, n // 2, n - 1}):
+                for value in (NAN, INF, -INF):
+                    x = torch.arange(n, dtype=dtype)
+                    x[at] = value
+                    low, high = (v.item() for v in torch.aminmax(x))
+                    assert not (math.isfinite(low) and math.isfinite(high)), (dtype, n, at, value)
+
+
+def test_nan_anywhere_is_counted_out(row_path: str) -> None:
+    for at in (0, 1, 15, 16, 500, 998, 999):
+        x = torch.linspace(-1, 1, 1000)
+        x[at] = NAN
+        finite = torch.cat([x[:at], x[at + 1 :]])
+        h = device_histogram(x, bins=16)
+        assert (h.num, h.nonfinite) == (999, 1), at
+        assert h.bucket_counts == torch.histc(finite, bins=16).tolist(), at
+        assert (h.min, h.max) == (finite.min().item(), finite.max().item()), at
+
+
+def test_range_wider_than_float32_is_binned(cpu_path: str) -> None:
+    # max - min overflows float32 here (torch.histc miscounts such a tensor); the CPU path bins the halves.
+    x = torch.tensor([-3e38, 0.0, 1e38, 3e38])
+    h = device_histogram(x, bins=2)
+    assert h.bucket_counts == [1.0, 3.0]  # [min, 0] and [0, max]: 0 is the middle edge, the max goes last
+    assert (h.min, h.max, h.num) == (x[0].item(), x[3].item(), 4)
+    assert h.sum == pytest.approx(x.double().sum().item(), rel=1e-12)
+    assert all(math.isfinite(limit) for limit in h.bucket_limits)
+
+
+def test_constant_beyond_float32_ulp_of_one_matches_histc(cpu_path: str) -> None:
+    # 1e10 - 1 rounds back to 1e10 in float32: torch.histc widens by one ulp instead; only histc knows how.
+    x = torch.full((50,), 1e10)
+    h = device_histogram(x, bins=4)
+    assert h.bucket_counts == torch.histc(x, bins=4).tolist()
+    assert (h.num, sum(h.bucket_counts), h.sum) == (50, 50.0, 5e11)
 
 
 def test_constant_tensor_is_widened_like_histc(row_path: str) -> None:

@@ -18,7 +18,9 @@ the device).  The small results of every tensor of one logging step are
 concatenated and copied to the host once (one copy per device), and the
 protobufs are written on the run's background thread.  The whole tensor
 never leaves the device.  CPU tensors, which have nothing to synchronise
-with, go through ``torch.histc`` directly, the faster choice there.
+with, are binned in cache-sized chunks with ``torch.histc``'s own
+arithmetic (small ones by ``torch.histc`` itself), three to four times
+faster than ``torch.histc`` on one thread.
 
 Bins: ``bins`` equal-width buckets from the smallest to the largest finite
 value, the rule of ``torch.histc``: a value ``x`` goes to bucket
@@ -55,6 +57,12 @@ if TYPE_CHECKING:
 
 _CHUNK = 1 << 24
 """Elements processed at once, so temporaries stay bounded on very large tensors."""
+
+_CPU_CHUNK = 1 << 16
+"""Elements binned at once on the CPU: the scratch buffers stay in the core's cache and are never faulted in anew."""
+
+_HISTC_BELOW = 1 << 14
+"""CPU tensors with fewer finite values go to ``torch.histc`` directly: the chunked loop's setup costs more there."""
 
 _STATS = 6
 """Leading entries of a device row: min, max, num, sum, sum of squares, non-finite count."""
@@ -101,8 +109,10 @@ def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
     :class:`DeviceHistogram`.  ``tensor`` must not be empty.
 
     On the CPU, where there is nothing to synchronise with, the row comes
-    from ``torch.histc`` itself (faster there); on every other device from
-    two sync-free passes that put each value in the same bucket.
+    from a chunked loop with ``torch.histc``'s arithmetic (three to four times
+    faster than ``torch.histc`` on one thread; small tensors use
+    ``torch.histc`` itself); on every other device from two sync-free passes
+    that put each value in the same bucket.
     """
     flat = tensor.detach().reshape(-1)
     if flat.numel() == 0:
@@ -122,15 +132,62 @@ def _row_cpu(flat: torch.Tensor, bins: int) -> torch.Tensor:
         if values.numel():
             low, high = (float(v) for v in torch.aminmax(values))
     num = values.numel()
-    if num:
-        # With explicit finite bounds histc widens an empty range to value ± 1 itself.
-        counts = torch.histc(values, bins=bins, min=low, max=high).double()
-        total, square = float(values.sum()), float(torch.dot(values, values))
-    else:
+    if not num:
         low = high = total = square = 0.0
         counts = torch.zeros(bins, dtype=torch.float64)
+    elif low == high:
+        # Every value is the same, so one value's bucket is everyone's; torch.histc widens the empty
+        # range itself (to value ± 1, or one ulp further out where ± 1 rounds away).
+        counts = torch.histc(values[:1], bins=bins, min=low, max=high).double() * num
+        total, square = low * num, low * low * num
+    else:
+        counts, total, square = _bin_cpu(values, low, high, bins)
     stats = torch.tensor([low, high, num, total, square, flat.numel() - num], dtype=torch.float64)
     return torch.cat([stats, counts])
+
+
+def _bin_cpu(values: torch.Tensor, low: float, high: float, bins: int) -> tuple[torch.Tensor, float, float]:
+    """Bucket counts (float64), sum and sum of squares of a flat, finite float32/float64 CPU tensor.
+
+    ``low < high`` are its minimum and maximum.  A value goes to bucket
+    ``int((x - low) * bins / (high - low))`` computed in the tensor's dtype,
+    operation by operation as ``torch.histc``'s CPU kernel does (so values
+    on bucket edges land where it puts them), the maximum into the last
+    bucket.  The work runs over cache-sized chunks into reused scratch
+    buffers: whole-tensor temporaries would cost more in page faults than
+    the arithmetic.  Sums are accumulated in float64.
+    """
+    near_overflow = (high - low) * bins >= torch.finfo(values.dtype).max / 2  # in float64: cheap, and safe by 2x
+    if near_overflow and not math.isfinite(float((torch.tensor(high, dtype=values.dtype) - low) * bins)):
+        # (max - min) * bins overflows the dtype (values near its largest finite number), where
+        # torch.histc miscounts.  Scaling by a power of two is exact (but for subnormals), so every
+        # value keeps the bucket it would have with an unbounded exponent.
+        factor = 2.0 ** (bins.bit_length() + 1)
+        counts, total, square = _bin_cpu(values / factor, low / factor, high / factor, bins)
+        return counts, total * factor, square * factor * factor
+    if values.numel() < _HISTC_BELOW:
+        wide = values.double()
+        counts = torch.histc(values, bins=bins, min=low, max=high).double()
+        return counts, float(wide.sum()), float(torch.dot(wide, wide))
+    width = float(torch.tensor(high, dtype=values.dtype) - low)  # rounded to the dtype, as histc's kernel has it
+    size = min(values.numel(), _CPU_CHUNK)
+    position = torch.empty(size, dtype=values.dtype)
+    index = torch.empty(size, dtype=torch.int32)
+    # float32 values are summed in float64 (a float32 dot product over 20M values is off by up to 7e-4).
+    double = None if values.dtype == torch.float64 else torch.empty(size, dtype=torch.float64)
+    counts = torch.zeros(bins + 1, dtype=torch.int64)
+    total = square = 0.0
+    for chunk in values.split(_CPU_CHUNK):
+        n = chunk.numel()
+        here, where = (position, index) if n == size else (position[:n], index[:n])
+        wide = chunk if double is None else (double if n == size else double[:n]).copy_(chunk)
+        total += float(wide.sum())
+        square += float(torch.dot(wide, wide))
+        torch.sub(chunk, low, out=here).mul_(bins).div_(width)
+        where.copy_(here)  # truncates; every value is in [0, bins]
+        counts += torch.bincount(where, minlength=bins + 1)
+    counts[bins - 1] += counts[bins]  # the maximum, and whatever rounds up to it, in the last bucket
+    return counts[:bins].double(), total, square
 
 
 def _row_sync_free(flat: torch.Tensor, bins: int) -> torch.Tensor:
@@ -316,6 +373,10 @@ class Histograms:
                 wanted = [name for name in wanted if name in names]
         self._modules = tuple(wanted)
         return [Capture(module=name, kind="output", every_n_steps=self.every_n_steps) for name in self._modules]
+
+    def batch_end_due(self, step: int) -> bool:
+        """The core's fast path: ``on_batch_end`` is raised for this plugin only every N steps."""
+        return step % self.every_n_steps == 0
 
     @hookimpl
     def on_batch_end(self, run: Run, step: int, captured: Mapping[str, torch.Tensor]) -> None:
