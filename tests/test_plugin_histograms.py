@@ -392,3 +392,13 @@ def test_cuda_binning_never_syncs_and_matches_histc() -> None:
     assert h.bucket_counts == torch.histc(finite, bins=64).tolist()
     assert (h.num, h.nonfinite) == (finite.numel(), 2)
     assert (h.min, h.max) == (finite.min().item(), finite.max().item())
+
+
+@pytest.mark.parametrize(
+    "values", [[-3e38, 0.0, 1e38, 3e38], [1e10] * 5], ids=["range-wider-than-float32", "constant-1e10"]
+)
+def test_sync_free_path_never_crashes_on_extreme_ranges(values: list[float]) -> None:
+    # The device path cannot ask the host how to widen; it must still count every value once.
+    row = histograms_module._row_sync_free(torch.tensor(values), 4)
+    h = histograms_module._unpack(row.tolist(), 4)
+    assert (h.num, sum(h.bucket_counts)) == (len(values), float(len(values)))

@@ -237,7 +237,9 @@ def _row_sync_free(flat: torch.Tensor, bins: int) -> torch.Tensor:
         finite = masks[0] if masks else torch.isfinite(chunk)
         # Multiply before dividing: with this order values on a bucket edge
         # land in the bucket torch.histc puts them in (the tests compare).
-        position = ((chunk - left) * bins / width).floor_().clamp_(0, bins - 1)
+        # nan_to_num_: a range wider than the dtype (or a constant where ±1 rounds
+        # away) makes width inf or 0; such values are binned at the ends, never crash.
+        position = ((chunk - left) * bins / width).floor_().nan_to_num_(nan=0.0).clamp_(0, bins - 1)
         index = torch.where(finite, position, float(bins)).long()
         buckets.scatter_add_(0, index, torch.ones(1, dtype=torch.int64, device=flat.device).expand_as(index))
 
