@@ -424,7 +424,7 @@ class Hooks:
             for module, training in self._modes:
                 module.training = training
             self._drain(wait=True)
-            self.run._background.stop()
+            self.run.stop_background()
         finally:
             self.run.writer.flush()
             self.run.writer.close()

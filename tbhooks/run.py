@@ -14,6 +14,7 @@ import math
 import os
 import queue
 import re
+import sys
 import tempfile
 import threading
 import traceback
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from torch import nn
     from torch.optim import Optimizer
     from torch.utils.tensorboard import SummaryWriter
+
+    from tbhooks.render_worker import RenderProcess
 
 log = logging.getLogger("tbhooks")
 
@@ -163,7 +166,7 @@ class Run:
     Attributes plugins read: ``writer``, ``logdir``, ``model`` (unwrapped from
     DistributedDataParallel), ``optimizer`` (or ``None``), ``class_names`` (or
     ``None``), ``hparams``, ``rank``, ``world_size``, ``is_writer``, ``step``,
-    ``epoch``, ``device``.  Methods: :meth:`submit`, :meth:`gather`,
+    ``epoch``, ``device``.  Methods: :meth:`submit`, :meth:`render_image`, :meth:`gather`,
     :meth:`class_scores`, :meth:`request_stop`, :meth:`warn_once`,
     :meth:`info_once`, :meth:`tag`.
     """
@@ -200,6 +203,7 @@ class Run:
         self.stop_on_nonfinite = False
         self._said: set[str] = set()
         self._background = _Background()
+        self._render: RenderProcess | None = None  # the render worker, started by the first render_image
 
     @property
     def is_writer(self) -> bool:
@@ -231,15 +235,60 @@ class Run:
         self._background.submit(fn, args, kwargs)
 
     def drain(self, wait: bool = True) -> list[tuple[Callable[..., Any], BaseException]]:
-        """Return the errors background tasks raised since the last call.
+        """Return the errors background tasks and renders raised since the last call.
 
         With ``wait`` (the default) first wait until every task given to
-        :meth:`submit` has run; without it, return at once.
+        :meth:`submit` has run and every :meth:`render_image` is written;
+        without it, return at once.
         """
         if wait:
+            if self._render is not None:
+                self._render.drain()
             self._background.drain()
         errors, self._background.errors = self._background.errors, []
+        if self._render is not None:
+            errors += self._render.take_errors()
         return errors
+
+    def render_image(self, tag: str, step: int, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        """Draw an image off the training thread, in a worker process, and write it as image ``tag`` at ``step``.
+
+        ``fn(*args, **kwargs)`` runs in the run's render worker process and
+        returns a ``uint8`` numpy array ``[H, W, 3]`` (RGB), ``[H, W, 4]``
+        (RGBA) or ``[H, W]`` (grey); the worker encodes the PNG and the event
+        is written as ``writer.add_image(tag, pixels, step, dataformats="HWC")``
+        would write it.  Unlike :meth:`submit`, drawing never holds the
+        training process's GIL: use it for matplotlib figures.
+
+        ``fn`` must be an importable module-level function (not a lambda, a
+        method, or a function of the ``__main__`` script) and its arguments
+        picklable: numpy arrays, lists, strings, numbers.  Move tensors to CPU
+        numpy first (on the logging step); a torch tensor is refused with a
+        ``TypeError``, raised here, as is anything that does not pickle.
+        Images are written in request order; errors in ``fn`` are reported like
+        errors in hooks, against the plugin whose method called this, which is
+        then disabled.  On ranks other than 0 (``not is_writer``) it does nothing.
+        """
+        if not self.is_writer:
+            return
+        from tbhooks.render_worker import RenderProcess, calling_object
+
+        if self._render is None:
+            self._render = RenderProcess(fallback=self._background.submit)
+        owner = calling_object(sys._getframe(1), skip=self)
+        self._render.submit(fn, args, kwargs, tag=tag, step=step, writer=self.writer, owner=owner)
+
+    def stop_background(self) -> None:
+        """Stop the render worker process and the background thread; the core calls it when the run closes.
+
+        Call :meth:`drain` first: what is still queued is finished, but its
+        errors would no longer be reported.
+        """
+        try:
+            if self._render is not None:
+                self._render.close()
+        finally:
+            self._background.stop()
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate ``tensor`` along dim 0 over every rank (rank order).

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
+import os
 from importlib.metadata import entry_points
 
+import _figures_helpers
 import numpy as np
 import pytest
 import torch
@@ -203,26 +204,29 @@ def test_every_n_evals_and_class_indices_when_names_do_not_match(tmp_path, caplo
     assert len(notes) == 1
 
 
-def test_rendering_runs_on_the_background_thread(tmp_path):
-    class Recording(Figures):
-        def __init__(self) -> None:
-            super().__init__(num_images=2)
-            self.threads: list[threading.Thread] = []
+def test_rendering_runs_in_the_render_worker_process(tmp_path, monkeypatch):
+    # Every drawing the plugin asks for is wrapped so that the process that draws it leaves
+    # its pid in a file named after the tag; the plugin's own function still draws the image.
+    drawn_by = tmp_path / "pids"
+    drawn_by.mkdir()
+    render_image = tbhooks.Run.render_image
 
-        def _write_confusion(self, *args):
-            self.threads.append(threading.current_thread())
-            super()._write_confusion(*args)
+    def recording(self, tag, step, fn, /, *args, **kwargs):
+        path = drawn_by / tag.replace("/", "_")
+        render_image(self, tag, step, _figures_helpers.record_pid, str(path), fn, *args, **kwargs)
 
-        def _write_predictions(self, *args):
-            self.threads.append(threading.current_thread())
-            super()._write_predictions(*args)
-
-    plugin = Recording()
-    fit(tmp_path, epochs=1, plugin=plugin)
-    assert len(plugin.threads) == 2  # one confusion matrix and one predictions figure
-    assert all(thread is not threading.main_thread() for thread in plugin.threads)
-    assert {thread.name for thread in plugin.threads} == {"tbhooks-background"}
-    assert set(read_events(tmp_path).images) == {CONFUSION_TAG, PREDICTIONS_TAG}
+    monkeypatch.setattr(tbhooks.Run, "render_image", recording)
+    logdir = tmp_path / "run"
+    fit(logdir, epochs=1, plugin=Figures(num_images=2))
+    pids = {path.name: int(path.read_text()) for path in drawn_by.iterdir()}
+    assert set(pids) == {CONFUSION_TAG.replace("/", "_"), PREDICTIONS_TAG.replace("/", "_")}
+    assert os.getpid() not in pids.values()  # drawn in another process
+    assert len(set(pids.values())) == 1  # the run's one worker drew both
+    images = read_events(logdir).images
+    assert {tag: [event.step for event in events] for tag, events in images.items()} == {
+        CONFUSION_TAG: [TRAIN_BATCHES],
+        PREDICTIONS_TAG: [TRAIN_BATCHES],
+    }
 
 
 # ---------------------------------------------------------------------------

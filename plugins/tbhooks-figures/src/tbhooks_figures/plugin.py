@@ -11,8 +11,10 @@
 Cost on the training thread: on evaluation batches of a logged evaluation, a
 slice and a clone of the first few inputs (device operations, no sync); at
 the end of it, one ``bincount`` on the device and four small tensors moved to
-the CPU.  Drawing, PNG encoding and writing run on the run's background
-thread (``run.submit``).  Evaluations that are not logged cost nothing.
+the CPU and the titles of the predictions figure (a softmax over a few
+rows).  Drawing and PNG encoding run in the run's render worker process
+(``run.render_image``), so they never hold the training process's GIL.
+Evaluations that are not logged cost nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tbhooks import hookimpl
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from torch.utils.tensorboard import SummaryWriter
+    import numpy as np
 
     from tbhooks import Run
 
@@ -199,13 +201,14 @@ class Figures:
                     f"max_classes={self.max_classes}",
                 )
             else:
-                counts = confusion_counts(scores.argmax(dim=1), labels, classes).cpu()
-                run.submit(self._write_confusion, run.writer, counts, names, step)
+                counts = confusion_counts(scores.argmax(dim=1), labels, classes).cpu().numpy()
+                run.render_image(CONFUSION_TAG, step, draw_confusion_matrix, counts, names, self.dpi)
         if samples:
             images = torch.cat([s[0] for s in samples]).cpu()
             logits = torch.cat([s[1] for s in samples]).cpu()
             truth = torch.cat([s[2] for s in samples]).cpu()
-            run.submit(self._write_predictions, run.writer, images, logits, truth, names, step)
+            titles = prediction_titles(torch.softmax(logits.float(), dim=1), truth, names)
+            run.render_image(PREDICTIONS_TAG, step, draw_predictions, images.float().numpy(), titles, self.dpi)
 
     def _class_names(self, run: Run, classes: int) -> list[str]:
         names = run.class_names
@@ -219,30 +222,26 @@ class Figures:
             )
         return [str(index) for index in range(classes)]
 
-    # -- background thread ----------------------------------------------------
 
-    def _write_confusion(self, writer: SummaryWriter, counts: torch.Tensor, names: list[str], step: int) -> None:
-        """Draw the confusion matrix and write it (runs on the background thread)."""
-        from tbhooks_figures.render import render_confusion_matrix
+# ---------------------------------------------------------------------------
+# drawn in the render worker process
+# ---------------------------------------------------------------------------
+# Module-level, so the worker can import them by name; matplotlib is imported
+# there, on the first figure, and never in the training process.
 
-        pixels = render_confusion_matrix(counts.numpy(), names, dpi=self.dpi)
-        writer.add_image(CONFUSION_TAG, pixels, step, dataformats="HWC")
 
-    def _write_predictions(
-        self,
-        writer: SummaryWriter,
-        images: torch.Tensor,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        names: list[str],
-        step: int,
-    ) -> None:
-        """Draw the predictions-vs-actuals grid and write it (runs on the background thread)."""
-        from tbhooks_figures.render import render_predictions
+def draw_confusion_matrix(counts: np.ndarray, names: list[str], dpi: int) -> np.ndarray:
+    """The confusion-matrix figure's RGB pixels (runs in the render worker process)."""
+    from tbhooks_figures.render import render_confusion_matrix
 
-        titles = prediction_titles(torch.softmax(logits.float(), dim=1), labels, names)
-        pixels = render_predictions(images.float().numpy(), titles, dpi=self.dpi)
-        writer.add_image(PREDICTIONS_TAG, pixels, step, dataformats="HWC")
+    return render_confusion_matrix(counts, names, dpi=dpi)
+
+
+def draw_predictions(images: np.ndarray, titles: list[tuple[str, str]], dpi: int) -> np.ndarray:
+    """The predictions-vs-actuals figure's RGB pixels (runs in the render worker process)."""
+    from tbhooks_figures.render import render_predictions
+
+    return render_predictions(images, titles, dpi=dpi)
 
 
 def plugin() -> Figures:

@@ -1,6 +1,6 @@
 """Figure builders: data in, an RGB ``uint8`` array ``[H, W, 3]`` out.
 
-These run on the run's background thread (``run.submit``), never on the
+These run in the run's render worker process (``run.render_image``), never on the
 training thread.  No function here touches ``matplotlib.pyplot``: each
 figure is a bare :class:`matplotlib.figure.Figure` drawn by its own
 ``FigureCanvasAgg``, so no global figure registry keeps it alive.  The pixels

@@ -1,0 +1,587 @@
+"""Draw images in a worker process, so that drawing never competes with training for the GIL.
+
+Drawing a matplotlib figure is pure-Python work: on a thread of the training
+process it holds the GIL for most of its time and slows the training thread
+down while it runs.  :meth:`tbhooks.run.Run.render_image` sends the work to
+one worker *process* per run instead; only a pickled request crosses (a
+function reference and small arrays), and only the PNG comes back.
+
+The worker is started with ``subprocess.Popen`` running this file (not
+``multiprocessing``: its spawn and forkserver methods import the user's
+``__main__`` script again in the child, which runs a training script that has
+no ``if __name__ == "__main__"`` guard a second time).  It is started by
+running this file's path, not ``-m tbhooks.render_worker``, because importing
+the ``tbhooks`` package imports torch; the worker imports only numpy, PIL,
+TensorBoard's protobufs and whatever the drawing function's module imports.
+
+Protocol, both ways: an 8-byte id and an 8-byte length (big-endian), then
+that many bytes.
+
+* The first message (id 0) is the parent's ``sys.path``, pickled, so that
+  the worker imports the same modules (the script's own directory included).
+* A request (id >= 1) is the pickle of ``(fn, args, kwargs, tag)``; the id
+  travels outside the pickle so that a request the worker cannot even
+  unpickle (``fn``'s module missing) is still answered.
+* An answer carries the request's id and the pickle of ``(summary, error)``:
+  the serialized ``Summary`` proto of one image (what
+  ``SummaryWriter.add_image`` writes), or the worker's traceback as text.
+* An empty message (id 0, length 0) asks the worker to exit; so does the end
+  of its stdin (the parent closed the pipe or died).
+
+The worker ignores SIGINT and SIGTERM (blocked from its first instruction,
+ignored once it runs): Ctrl-C in a terminal and a SIGTERM to the process group
+reach it too, and the parent decides when it ends, after the run's close has
+waited for every image it asked for.  It runs at a lower priority (nice 10),
+so that where cores are short the training process gets them first, and with
+one thread for numerical libraries.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import os
+import pickle
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import types
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from torch.utils.tensorboard import SummaryWriter
+
+log = logging.getLogger("tbhooks")
+
+_HEADER = struct.Struct(">QQ")  # message id, body length
+_PATH_ID = 0
+_PICKLE = pickle.HIGHEST_PROTOCOL
+# The worker draws one figure at a time and needs no thread pools; the training process keeps its cores.
+_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+_WORKER_NICE = 10
+_IGNORED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class RenderError(RuntimeError):
+    """A drawing function failed in the worker process, or the worker died before answering."""
+
+
+# ---------------------------------------------------------------------------
+# shared by both sides
+# ---------------------------------------------------------------------------
+
+
+def _write_message(stream: IO[bytes], ident: int, body: bytes) -> None:
+    stream.write(_HEADER.pack(ident, len(body)))
+    stream.write(body)
+    stream.flush()
+
+
+def _read_message(stream: IO[bytes]) -> tuple[int, bytes] | None:
+    """The next ``(id, body)``, or ``None`` at the end of the stream (the other side is gone)."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    ident, length = _HEADER.unpack(header)
+    body = stream.read(length) if length else b""
+    if len(body) < length:
+        return None
+    return ident, body
+
+
+def image_summary(pixels: Any, tag: str) -> bytes:
+    """The serialized ``Summary`` with image ``tag``: what ``add_image(tag, pixels, dataformats="HWC")`` writes.
+
+    ``pixels`` must be a ``uint8`` numpy array ``[H, W, 3]`` (RGB), ``[H, W, 4]``
+    (RGBA, kept with colour space 4, as ``add_image`` keeps it), or grey
+    ``[H, W]`` / ``[H, W, 1]`` (written as RGB, as ``add_image`` does).
+    """
+    import numpy as np
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    if not isinstance(pixels, np.ndarray):
+        raise TypeError(f"the drawing function returned a {type(pixels).__name__}; expected a numpy uint8 array")
+    if pixels.dtype != np.uint8:
+        raise TypeError(
+            f"the drawing function returned a {pixels.dtype} array; expected uint8 "
+            f"(for floats in [0, 1]: (pixels * 255).round().astype(numpy.uint8))"
+        )
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4) or pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ValueError(
+            f"the drawing function returned an array of shape {list(pixels.shape)}; expected [H, W, 3] (RGB), "
+            f"[H, W, 4] (RGBA) or [H, W] (grey), H and W > 0"
+        )
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    height, width, channels = pixels.shape
+    encoded = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(encoded, format="PNG")
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=encoded.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image)]).SerializeToString()
+
+
+# ---------------------------------------------------------------------------
+# the worker process
+# ---------------------------------------------------------------------------
+
+
+def _answer(body: bytes) -> tuple[bytes | None, str | None]:
+    try:
+        fn, args, kwargs, tag = pickle.loads(body)
+        return image_summary(fn(*args, **kwargs), tag), None
+    except Exception:
+        return None, traceback.format_exc().rstrip()
+
+
+def worker_main() -> int:
+    """The worker's loop: answer requests from stdin on stdout until told to stop or stdin ends."""
+    for signum in _IGNORED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        # Blocked since the parent started this process: one that arrived meanwhile is now dropped.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _IGNORED_SIGNALS)
+    try:
+        os.nice(_WORKER_NICE)  # the training process comes first when cores are short
+    except (AttributeError, OSError):
+        pass
+    # The pipes get their own descriptors; fds 0 and 1 are pointed elsewhere so that a
+    # drawing function that prints (or reads stdin) cannot corrupt the protocol.
+    requests = os.fdopen(os.dup(0), "rb")
+    answers = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    # The parent's pid comes on the command line: by now the parent may be gone already.
+    _watch_parent(int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid())
+
+    first = _read_message(requests)
+    if first is None:
+        return 0
+    sys.path[:] = pickle.loads(first[1])
+    # Loaded now, while the worker waits, rather than in the first request.
+    import numpy  # noqa: F401
+    import PIL.Image  # noqa: F401
+    import tensorboard.compat.proto.summary_pb2  # noqa: F401
+
+    with answers:
+        while True:
+            message = _read_message(requests)
+            if message is None or (message[0] == _PATH_ID and not message[1]):
+                # Closing the answers pipe (leaving the block) tells the parent the worker is done;
+                # it need not wait while the kernel tears the process down.
+                return 0
+            ident, body = message
+            try:
+                _write_message(answers, ident, pickle.dumps(_answer(body), protocol=_PICKLE))
+            except (BrokenPipeError, OSError):
+                return 0  # the parent is gone
+
+
+def _watch_parent(parent: int) -> None:
+    """End the worker when the training process is gone, even in the middle of a drawing that never ends.
+
+    (Between drawings, the end of stdin ends it already.)
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="tbhooks-render-watch", daemon=True).start()
+
+
+# ---------------------------------------------------------------------------
+# the parent side
+# ---------------------------------------------------------------------------
+
+
+class _Request:
+    __slots__ = ("body", "ident", "report", "step", "tag", "walltime", "worker", "writer")
+
+    def __init__(
+        self,
+        ident: int,
+        body: bytes,
+        report: Callable[..., Any],
+        tag: str,
+        step: int,
+        writer: SummaryWriter,
+    ) -> None:
+        self.ident = ident
+        self.body = body
+        self.report = report  # what an error is reported against: the owning plugin's method when known
+        self.tag = tag
+        self.step = step
+        self.writer = writer
+        self.walltime = time.time()  # the event's time is when it was asked for, not when it was drawn
+        self.worker: _Worker | None = None
+
+
+class _TensorArgumentError(TypeError):
+    """A torch tensor among a request's arguments (its message is shown as is)."""
+
+
+class _RequestPickler(pickle.Pickler):
+    """Refuses torch tensors: the worker would import torch (and a CUDA tensor would open a CUDA context there)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(obj, torch.Tensor):
+            raise _TensorArgumentError(
+                f"a torch.Tensor (device {obj.device}) among the arguments; pass numpy arrays "
+                f"(tensor.detach().cpu().numpy()) so that the worker process need not import torch"
+            )
+        return NotImplemented
+
+
+def _pickle_request(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], tag: str) -> bytes:
+    where = f"render_image({tag!r}, ...)"
+    if not callable(fn):
+        raise TypeError(f"{where}: fn expects a function, got {type(fn).__name__}")
+    name = getattr(fn, "__qualname__", "")
+    if isinstance(fn, types.MethodType) or "<locals>" in name or "<lambda>" in name:
+        raise TypeError(
+            f"{where}: fn={name or fn!r} is not a module-level function; the worker process imports fn "
+            f"by module and name, so define it at the top level of an importable module"
+        )
+    if getattr(fn, "__module__", None) == "__main__":
+        raise TypeError(
+            f"{where}: fn={name} is defined in the __main__ script, which the worker process does not run; "
+            f"move it to an importable module"
+        )
+    buffer = io.BytesIO()
+    try:
+        _RequestPickler(buffer, protocol=_PICKLE).dump((fn, args, kwargs, tag))
+    except _TensorArgumentError as exc:
+        raise TypeError(f"{where}: {exc}") from None
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise TypeError(f"{where}: fn and its arguments must be picklable: {exc}") from None
+    return buffer.getvalue()
+
+
+class _Worker:
+    """One worker process with a sender and a reader thread.
+
+    The sender starts the process (so the training thread never waits for a
+    fork) and writes requests to its stdin (so the training thread never
+    blocks on a full pipe); the reader writes each answer to the run's file
+    writer as it arrives.
+    """
+
+    def __init__(self, owner: RenderProcess) -> None:
+        self.owner = owner
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started = threading.Event()  # set once the process exists or failed to start
+        self.finished = threading.Event()  # set once the worker closed its answers pipe (it exits)
+        self.dead = False
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._reader: threading.Thread | None = None
+        self._sender = threading.Thread(target=self._send, name="tbhooks-render-send", daemon=True)
+        self._sender.start()
+
+    def send(self, request: _Request) -> None:
+        self._queue.put(request)
+
+    def _send(self) -> None:
+        if hasattr(signal, "pthread_sigmask"):
+            # Blocked in this thread only (Python handles signals in the main thread); the child
+            # inherits the mask, so a Ctrl-C during its start-up waits until it ignores SIGINT.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _IGNORED_SIGNALS)
+        try:
+            self.process = subprocess.Popen(
+                self.owner.command(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env={**os.environ, **_WORKER_ENV},
+            )
+        except OSError as exc:
+            self.started.set()
+            self.owner._start_failed(self, exc)
+            return
+        self.started.set()
+        self._reader = threading.Thread(target=self._read, name="tbhooks-render-read", daemon=True)
+        self._reader.start()
+        stdin = self.process.stdin
+        assert stdin is not None
+        try:
+            _write_message(stdin, _PATH_ID, pickle.dumps(list(sys.path), protocol=_PICKLE))
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    _write_message(stdin, _PATH_ID, b"")
+                    break
+                _write_message(stdin, item.ident, item.body)
+        except (OSError, ValueError):
+            pass  # the worker is gone: the reader sees the end of its stdout and fails what is pending
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def _read(self) -> None:
+        process = self.process
+        assert process is not None and process.stdout is not None
+        with process.stdout:
+            while True:
+                message = _read_message(process.stdout)
+                if message is None:
+                    break
+                self.owner._answered(*message)
+        self.finished.set()
+        status = process.wait()
+        self.dead = True
+        self._queue.put(None)  # ends the sender if it still waits
+        self.owner._died(self, status)
+
+    def stop(self, timeout: float) -> None:
+        """Ask the worker to exit once its queue is done; kill it when it has not within ``timeout`` seconds.
+
+        Returns once the worker closed its end of the answers pipe (every
+        answer is in): the reader thread then reaps the process, so the
+        caller does not wait while the kernel tears down a process that
+        imported torch (tens of milliseconds).
+        """
+        self._queue.put(None)
+        if not self.started.wait(timeout) or self.process is None:
+            return
+        if not self.finished.wait(timeout):
+            self.process.kill()
+            self.finished.wait(timeout)
+
+
+class RenderProcess:
+    """The parent's side of the render worker: requests out, image events in.
+
+    Created on a run's first :meth:`tbhooks.run.Run.render_image`; the worker
+    starts with the first request.  Errors (``fn`` raised, the worker died)
+    are collected in the same ``(fn, exception)`` form as the run's
+    background-thread errors, and :meth:`take_errors` hands them to the core,
+    which reports them on the training thread and disables the owning plugin.
+
+    A worker that dies is restarted for the next request, at most
+    ``max_starts`` times in a run; after that requests fail with an error
+    (a function that crashes its process would crash the training process
+    if it ran there).  When the worker cannot be started at all (``Popen``
+    fails), drawing falls back to ``fallback``, the run's background thread,
+    with one INFO line.
+    """
+
+    max_pending = 64
+    """Requests in flight at most; a further :meth:`submit` waits (as ``run.submit`` does when its queue is full)."""
+    max_starts = 3
+    stop_timeout = 10.0
+    """Seconds :meth:`close` waits for the worker to exit once its work is done, before killing it."""
+
+    def __init__(self, fallback: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], None]) -> None:
+        self._fallback = fallback
+        self._cond = threading.Condition()
+        self._pending: dict[int, _Request] = {}
+        self._errors: list[tuple[Callable[..., Any], BaseException]] = []
+        self._worker: _Worker | None = None
+        self._starts = 0
+        self._in_thread = False
+        self._fallback_lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    @staticmethod
+    def command() -> list[str]:
+        """The worker's command line: this file run by the same interpreter, without importing ``tbhooks``,
+        and the training process's pid."""
+        bootstrap = "import runpy, sys; sys.argv[:2] = sys.argv[1:2]; runpy.run_path(sys.argv[0], run_name='__main__')"
+        return [sys.executable, "-c", bootstrap, os.path.abspath(__file__), str(os.getpid())]
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the current worker (``None`` before it started or after it failed to)."""
+        worker = self._worker
+        process = worker.process if worker is not None else None
+        return process.pid if process is not None else None
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        tag: str,
+        step: int,
+        writer: SummaryWriter,
+        owner: object | None = None,
+    ) -> None:
+        """Queue ``fn(*args, **kwargs)`` for the worker; its image is written as ``tag`` at ``step``.
+
+        Raises ``TypeError`` at once when ``fn`` or its arguments cannot be
+        sent (not a module-level function, not picklable, a torch tensor).
+        ``owner`` is the object an error is reported against (the plugin
+        that asked), as a method of it.
+        """
+        if not isinstance(tag, str):
+            raise TypeError(f"render_image: tag expects a str, got {type(tag).__name__}")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"render_image({tag!r}, ...): step expects an int, got {type(step).__name__}")
+        body = _pickle_request(fn, args, kwargs, tag)
+        report = types.MethodType(fn, owner) if owner is not None else fn
+        request = _Request(next(self._ids), body, report, tag, step, writer)
+        with self._cond:
+            while len(self._pending) >= self.max_pending:
+                self._cond.wait()
+            worker = self._worker
+            if not self._in_thread and (worker is None or worker.dead):
+                if self._starts >= self.max_starts:
+                    self._errors.append(
+                        (
+                            report,
+                            RenderError(
+                                f"{self._where(request)}: the render worker died {self._starts} times; "
+                                f"no more images are drawn in this run"
+                            ),
+                        )
+                    )
+                    return
+                self._starts += 1
+                worker = self._worker = _Worker(self)
+            if not self._in_thread:
+                assert worker is not None
+                request.worker = worker
+                self._pending[request.ident] = request
+        if request.worker is None:
+            with self._fallback_lock:
+                self._fallback(self._render_here, (request,), {})
+        else:
+            request.worker.send(request)
+
+    def take_errors(self) -> list[tuple[Callable[..., Any], BaseException]]:
+        """The errors collected since the last call, as ``(fn, exception)`` pairs."""
+        with self._cond:
+            errors, self._errors = self._errors, []
+        return errors
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every request is answered (or failed because its worker died).
+
+        Returns ``False`` when ``timeout`` seconds passed first.
+        """
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending, timeout)
+
+    def close(self) -> None:
+        """Drain, then let the worker exit (killed after :attr:`stop_timeout` seconds).  Idempotent."""
+        self.drain()
+        with self._cond:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop(self.stop_timeout)
+
+    # -- called from the worker's threads -----------------------------------------
+
+    def _where(self, request: _Request) -> str:
+        return f"render_image({request.tag!r}, step={request.step})"
+
+    def _answered(self, ident: int, body: bytes) -> None:
+        with self._cond:
+            request = self._pending.get(ident)
+        if request is None:
+            return
+        try:
+            summary, error = pickle.loads(body)
+            if error is not None:
+                raise RenderError(f"{self._where(request)} failed in the render worker process:\n{error}")
+            self._write(request, summary)
+        except Exception as exc:
+            with self._cond:
+                self._errors.append((request.report, exc))
+        finally:
+            # Removed only once written, so that a finished drain() means the event is in the writer.
+            with self._cond:
+                self._pending.pop(ident, None)
+                self._cond.notify_all()
+
+    def _died(self, worker: _Worker, status: int) -> None:
+        with self._cond:
+            lost = [r for r in self._pending.values() if r.worker is worker]
+            for request in lost:
+                del self._pending[request.ident]
+                self._errors.append(
+                    (
+                        request.report,
+                        RenderError(
+                            f"{self._where(request)}: the render worker process exited (status {status}) "
+                            f"before answering"
+                        ),
+                    )
+                )
+            self._cond.notify_all()
+
+    def _start_failed(self, worker: _Worker, exc: OSError) -> None:
+        # The fallback lock keeps the order: requests made meanwhile queue behind the moved ones.
+        with self._fallback_lock:
+            with self._cond:
+                self._in_thread = True
+                worker.dead = True
+                moved = sorted((r for r in self._pending.values() if r.worker is worker), key=lambda r: r.ident)
+            log.info("tbhooks: the render worker process could not be started (%s); images are drawn on a thread", exc)
+            for request in moved:
+                request.worker = None
+                self._fallback(self._render_here, (request,), {})
+            with self._cond:
+                # Removed once queued, so that drain() then the background thread's drain wait for them.
+                for request in moved:
+                    del self._pending[request.ident]
+                self._cond.notify_all()
+
+    # -- the fallback: draw on the run's background thread ----------------------------
+
+    def _render_here(self, request: _Request) -> None:
+        try:
+            fn, args, kwargs, tag = pickle.loads(request.body)
+            self._write(request, image_summary(fn(*args, **kwargs), tag))
+        except Exception as exc:
+            with self._cond:
+                self._errors.append((request.report, exc))
+
+    @staticmethod
+    def _write(request: _Request, summary: bytes) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        writer: Any = request.writer
+        writer._get_file_writer().add_summary(Summary.FromString(summary), request.step, request.walltime)
+
+
+def calling_object(frame: types.FrameType | None, skip: object, depth: int = 3) -> object | None:
+    """The nearest ``self`` among ``frame`` and its ``depth - 1`` callers, other than ``skip``.
+
+    :meth:`tbhooks.run.Run.render_image` uses it to find the plugin whose
+    method asked for a drawing, so that the drawing's errors are reported
+    against (and disable) that plugin; the function itself is module-level
+    and so carries no owner.
+    """
+    for _ in range(depth):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if candidate is not None and candidate is not skip:
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+if __name__ == "__main__":
+    status = worker_main()
+    sys.stderr.flush()
+    # Every answer is flushed already; skipping the interpreter's teardown (torch and matplotlib, when
+    # the drawing functions imported them) lets close() return in milliseconds instead of seconds.
+    os._exit(status)

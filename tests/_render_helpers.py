@@ -1,0 +1,79 @@
+"""Drawing functions for ``test_render_worker.py``: they run in the render worker process, which
+imports them by module and name, so they live in an importable module (not in the test file)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+
+def gradient(height: int, width: int, channels: int, offset: int) -> np.ndarray:
+    """``pixel[y, x, c] = (offset + 7y + 3x + 50c) % 256``, uint8 ``[H, W, C]`` (or ``[H, W]`` for 0 channels)."""
+    y, x, c = np.meshgrid(np.arange(height), np.arange(width), np.arange(max(channels, 1)), indexing="ij")
+    pixels = ((offset + 7 * y + 3 * x + 50 * c) % 256).astype(np.uint8)
+    return pixels[:, :, 0] if channels == 0 else pixels
+
+
+def pid_image(height: int = 2, width: int = 3) -> np.ndarray:
+    """Every pixel holds the drawing process's id: R, G, B = its bytes 2, 1, 0."""
+    pid = os.getpid()
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[...] = [(pid >> 16) & 255, (pid >> 8) & 255, pid & 255]
+    return pixels
+
+
+def flat(value: int, pause: float = 0.0) -> np.ndarray:
+    """A 2x2 RGB image of one grey ``value``, after ``pause`` seconds."""
+    time.sleep(pause)
+    return np.full((2, 2, 3), value, dtype=np.uint8)
+
+
+def noisy(value: int) -> np.ndarray:
+    """Prints to stdout (the worker's protocol pipe, were it not redirected) before drawing."""
+    print("noise on stdout from a drawing function", flush=True)
+    return flat(value)
+
+
+def fail(message: str) -> np.ndarray:
+    raise OSError(message)
+
+
+def floats() -> np.ndarray:
+    """Returns floats, not the uint8 pixels the worker expects."""
+    return np.zeros((2, 2, 3), dtype=np.float32)
+
+
+def torch_loaded() -> np.ndarray:
+    """White when the drawing process has imported torch, black when not."""
+    import sys
+
+    return flat(255 if "torch" in sys.modules else 0)
+
+
+def _child_run(logdir: str, pause: float) -> None:
+    """A run that asks for two images (the first takes ``pause`` seconds), reports its worker's pid,
+    then 'trains' until Ctrl-C."""
+    import sys
+
+    import torch
+    from _render_helpers import flat  # by module name: the worker cannot import this script's __main__
+
+    import tbhooks
+    from tbhooks.manager import BUILTIN_PLUGINS
+
+    with tbhooks.attach(torch.nn.Linear(2, 2), logdir=logdir, disable=BUILTIN_PLUGINS, autoload=False) as hooks:
+        hooks.run.render_image("slow", 1, flat, 11, pause=pause)
+        hooks.run.render_image("slow", 2, flat, 22)
+        renderer = hooks.run._render
+        renderer._worker.started.wait(60)
+        print(renderer.pid, flush=True)
+        sys.stdin.readline()  # blocks until the test's signal (or the end of stdin)
+        time.sleep(60)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _child_run(sys.argv[1], float(sys.argv[2]))

@@ -1,0 +1,356 @@
+"""``run.render_image``: images drawn in a worker process, written by the run's writer, read back.
+
+The drawing functions live in ``tests/_render_helpers.py`` (the worker imports them by name);
+every expected pixel is computed here, independently of them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _render_helpers as helpers
+import numpy as np
+import pytest
+import torch
+from _support import classification_data, loader, mlp
+from PIL import Image
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import image as torch_image_summary
+
+import tbhooks
+from tbhooks import PluginFaultWarning
+from tbhooks.manager import BUILTIN_PLUGINS
+from tbhooks.render_worker import RenderError, RenderProcess, image_summary
+from tbhooks.run import _Background
+from tbhooks.testing import read_events
+
+QUIET = [name for name in BUILTIN_PLUGINS if name != "scalars"]
+WAIT = 60.0  # seconds a drain may take before the test fails instead of hanging
+
+
+def expected_gradient(height: int, width: int, channels: int, offset: int) -> np.ndarray:
+    pixels = np.zeros((height, width, max(channels, 1)), dtype=np.uint8)
+    for y in range(height):
+        for x in range(width):
+            for c in range(max(channels, 1)):
+                pixels[y, x, c] = (offset + 7 * y + 3 * x + 50 * c) % 256
+    return pixels[:, :, 0] if channels == 0 else pixels
+
+
+def decode(event, mode: str = "RGB") -> np.ndarray:
+    picture = Image.open(io.BytesIO(event.encoded_image_string))
+    assert picture.mode == mode
+    assert (picture.width, picture.height) == (event.width, event.height)
+    return np.asarray(picture)
+
+
+def ended(pid: int) -> bool:
+    """Whether process ``pid`` ends within WAIT seconds (gone, or a zombie waiting for its new parent to reap it)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().rpartition(")")[2].split()[0] == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def direct(tmp_path):
+    """A RenderProcess on its own, with a real writer and a real background thread as fallback."""
+    writer = SummaryWriter(str(tmp_path / "direct"))
+    background = _Background()
+    renderer = RenderProcess(fallback=background.submit)
+    yield renderer, writer, tmp_path / "direct"
+    renderer.close()
+    background.drain()
+    background.stop()
+    writer.close()
+
+
+def test_image_comes_back_as_the_event_add_image_writes(tmp_path):
+    with tbhooks.attach(mlp(), logdir=tmp_path, disable=BUILTIN_PLUGINS, autoload=False) as hooks:
+        run = hooks.run
+        run.render_image("rgb", 3, helpers.gradient, 5, 7, 3, 10)
+        run.render_image("rgba", 4, helpers.gradient, 6, 4, 4, offset=20)
+        run.render_image("grey", 5, helpers.gradient, 3, 2, 0, 30)
+        run.render_image("noisy", 6, helpers.noisy, 77)  # prints to stdout in the worker
+    images = read_events(tmp_path).images
+    assert {tag: [e.step for e in events] for tag, events in images.items()} == {
+        "rgb": [3],
+        "rgba": [4],
+        "grey": [5],
+        "noisy": [6],
+    }
+    np.testing.assert_array_equal(decode(images["rgb"][0]), expected_gradient(5, 7, 3, 10))
+    np.testing.assert_array_equal(decode(images["rgba"][0], "RGBA"), expected_gradient(6, 4, 4, 20))
+    grey = expected_gradient(3, 2, 0, 30)
+    np.testing.assert_array_equal(decode(images["grey"][0]), np.stack([grey] * 3, axis=2))
+    np.testing.assert_array_equal(decode(images["noisy"][0]), np.full((2, 2, 3), 77, dtype=np.uint8))
+
+
+@pytest.mark.parametrize(("channels", "dataformats"), [(3, "HWC"), (4, "HWC"), (1, "HWC"), (0, "HW")])
+def test_summary_is_byte_for_byte_what_torch_add_image_builds(channels, dataformats):
+    pixels = expected_gradient(4, 6, channels, 5)
+    ours = image_summary(pixels, "tag")
+    theirs = torch_image_summary("tag", pixels, dataformats=dataformats).SerializeToString()
+    assert ours == theirs
+
+
+def test_drawn_in_another_process_that_does_not_import_torch(direct):
+    renderer, writer, logdir = direct
+    renderer.submit(helpers.pid_image, (), {}, tag="pid", step=1, writer=writer)
+    renderer.submit(helpers.torch_loaded, (), {}, tag="torch", step=1, writer=writer)
+    assert renderer.drain(WAIT)
+    worker = renderer.pid
+    writer.flush()
+    images = read_events(logdir).images
+    red, green, blue = (int(v) for v in decode(images["pid"][0])[0, 0])
+    assert (red << 16) | (green << 8) | blue == worker & 0xFFFFFF
+    assert worker != os.getpid()
+    assert "torch" in __import__("sys").modules  # this process has it; the worker does not
+    assert decode(images["torch"][0])[0, 0, 0] == 0
+    assert renderer.take_errors() == []
+
+
+class Drawer:
+    """Draws a good image every step, and one whose function raises at step 2."""
+
+    name = "drawer"
+
+    @tbhooks.hookimpl
+    def on_batch_end(self, run, step):
+        run.render_image("drawer/ok", step, helpers.flat, step)
+        if step == 2:
+            run.render_image("drawer/broken", step, helpers.fail, "disk on fire")
+
+
+class Painter:
+    name = "painter"
+
+    @tbhooks.hookimpl
+    def on_batch_end(self, run, step):
+        run.render_image("painter/steps", step, helpers.flat, 10 * step)
+
+
+def test_error_in_the_drawing_function_disables_its_plugin_and_the_run_goes_on(tmp_path):
+    model = mlp()
+    trainer = tbhooks.Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.functional.cross_entropy,
+        logdir=tmp_path,
+        plugins=[Drawer(), Painter()],
+        disable=QUIET,
+        autoload=False,
+        device="cpu",
+        progress=False,
+    )
+    with pytest.warns(PluginFaultWarning) as caught:
+        trainer.fit(loader(classification_data(n=32)), epochs=2)  # 4 steps per epoch
+    assert len(caught) == 1
+    text = str(caught[0].message)
+    assert "plugin 'drawer' raised in background task" in text
+    # The worker's own traceback comes along: the function, the exception, its message.
+    assert "RenderError" in text and "in fail" in text and "OSError: disk on fire" in text
+    assert "'drawer/broken', step=2" in text
+    assert set(trainer.hooks.faults) == {"drawer"}
+
+    events = read_events(tmp_path)
+    assert events.steps("train/epoch_loss") == [4, 8]
+    assert "drawer/broken" not in events.images
+    # The other plugin drew every step; the faulty one every step until it was disabled (when the
+    # error came back: at an epoch's flush if the worker had answered by then, else at close).
+    painted = events.images["painter/steps"]
+    assert [e.step for e in painted] == list(range(1, 9))
+    assert [int(decode(e)[0, 0, 0]) for e in painted] == [10 * s for s in range(1, 9)]
+    drawn = [e.step for e in events.images["drawer/ok"]]
+    assert drawn == list(range(1, len(drawn) + 1)) and len(drawn) >= 2
+
+
+def test_what_cannot_be_sent_is_refused_at_once_and_no_worker_starts(direct):
+    renderer, writer, _ = direct
+
+    def local() -> None:
+        pass
+
+    def main_script_function() -> None:
+        pass
+
+    main_script_function.__module__ = "__main__"
+    main_script_function.__qualname__ = "main_script_function"
+    cases = [
+        ((lambda: None), (), "not a module-level function"),
+        (local, (), "not a module-level function"),
+        (main_script_function, (), "defined in the __main__ script"),
+        (Drawer().on_batch_end, (), "not a module-level function"),
+        (helpers.flat, (torch.ones(2),), r"torch\.Tensor \(device cpu\).*numpy"),
+        (helpers.flat, (__import__("threading").Lock(),), "must be picklable"),
+    ]
+    for fn, args, words in cases:
+        with pytest.raises(TypeError, match=words):
+            renderer.submit(fn, args, {}, tag="t", step=0, writer=writer)
+    with pytest.raises(TypeError, match="tag expects a str"):
+        renderer.submit(helpers.flat, (1,), {}, tag=3, step=0, writer=writer)
+    with pytest.raises(TypeError, match="step expects an int"):
+        renderer.submit(helpers.flat, (1,), {}, tag="t", step=1.5, writer=writer)
+    assert renderer.pid is None
+
+
+def test_bad_return_values_are_errors_with_the_expected_type(direct):
+    renderer, writer, _ = direct
+    renderer.submit(helpers.floats, (), {}, tag="floats", step=0, writer=writer)
+    renderer.submit(helpers.flat, (9,), {}, tag="fine", step=1, writer=writer)
+    assert renderer.drain(WAIT)
+    ((fn, error),) = renderer.take_errors()
+    assert fn is helpers.floats
+    assert isinstance(error, RenderError) and "float32 array; expected uint8" in str(error)
+
+
+def test_close_waits_for_pending_renders_and_ends_the_worker(tmp_path):
+    with tbhooks.attach(mlp(), logdir=tmp_path, disable=BUILTIN_PLUGINS, autoload=False) as hooks:
+        for step in (1, 2, 3):
+            hooks.run.render_image("slow", step, helpers.flat, 40 * step, pause=0.3)
+        worker = hooks.run._render._worker
+    # Leaving the block closed the run: every image is on disk, and the worker ended by itself
+    # (status 0: it was asked to stop, not killed); the reader thread reaps it.
+    slow = read_events(tmp_path).images["slow"]
+    assert [e.step for e in slow] == [1, 2, 3]
+    assert [int(decode(e)[0, 0, 0]) for e in slow] == [40, 80, 120]
+    assert worker.finished.is_set()
+    worker._reader.join(WAIT)
+    assert worker.process.returncode == 0
+
+
+def test_a_killed_worker_is_an_error_report_not_a_hang_and_the_next_render_restarts_it(direct):
+    renderer, writer, logdir = direct
+    renderer.submit(helpers.flat, (1,), {}, tag="t", step=1, writer=writer)
+    assert renderer.drain(WAIT)
+    first = renderer.pid
+    renderer.submit(helpers.flat, (2,), {"pause": 30.0}, tag="t", step=2, writer=writer)
+    os.kill(first, signal.SIGKILL)
+    assert renderer.drain(WAIT)
+    ((fn, error),) = renderer.take_errors()
+    assert fn is helpers.flat
+    assert isinstance(error, RenderError)
+    assert "render_image('t', step=2)" in str(error) and f"exited (status {-signal.SIGKILL})" in str(error)
+
+    renderer.submit(helpers.flat, (3,), {}, tag="t", step=3, writer=writer)
+    assert renderer.drain(WAIT)
+    assert renderer.pid not in (None, first)
+    assert renderer.take_errors() == []
+    writer.flush()
+    assert [(e.step, int(decode(e)[0, 0, 0])) for e in read_events(logdir).images["t"]] == [(1, 1), (3, 3)]
+
+
+def test_the_worker_ignores_ctrl_c(direct):
+    renderer, writer, logdir = direct
+    renderer.submit(helpers.flat, (1,), {}, tag="t", step=1, writer=writer)
+    assert renderer.drain(WAIT)
+    worker = renderer.pid
+    os.kill(worker, signal.SIGINT)  # what Ctrl-C in a terminal sends to the whole process group
+    renderer.submit(helpers.flat, (2,), {}, tag="t", step=2, writer=writer)
+    assert renderer.drain(WAIT)
+    assert renderer.pid == worker and renderer.take_errors() == []
+    writer.flush()
+    assert [e.step for e in read_events(logdir).images["t"]] == [1, 2]
+
+
+def test_many_renders_keep_their_order_and_steps_with_a_full_queue(direct):
+    renderer, writer, logdir = direct
+    renderer.max_pending = 4  # submit waits for room, as run.submit does with a full queue
+    for step in range(30):
+        renderer.submit(helpers.flat, ((7 * step) % 256,), {}, tag="many", step=step, writer=writer)
+    assert renderer.drain(WAIT)
+    assert renderer.take_errors() == []
+    writer.flush()
+    many = read_events(logdir).images["many"]
+    assert [e.step for e in many] == list(range(30))
+    assert [int(decode(e)[1, 1, 2]) for e in many] == [(7 * step) % 256 for step in range(30)]
+    times = [e.wall_time for e in many]
+    assert times == sorted(times)
+
+
+def test_without_a_worker_images_are_drawn_on_the_background_thread(direct, monkeypatch, caplog):
+    renderer, writer, logdir = direct
+    monkeypatch.setattr(RenderProcess, "command", staticmethod(lambda: ["/nonexistent/tbhooks-python"]))
+    caplog.set_level(logging.INFO, logger="tbhooks")
+    renderer.submit(helpers.pid_image, (), {}, tag="pid", step=1, writer=writer)
+    renderer.submit(helpers.fail, ("no disk",), {}, tag="broken", step=2, writer=writer)
+    renderer.submit(helpers.flat, (5,), {}, tag="flat", step=3, writer=writer)
+    assert renderer.drain(WAIT)
+    renderer._fallback.__self__.drain()  # the background thread's queue
+    ((fn, error),) = renderer.take_errors()
+    assert fn is helpers.fail and isinstance(error, OSError) and str(error) == "no disk"
+    notes = [r.getMessage() for r in caplog.records if "could not be started" in r.getMessage()]
+    assert len(notes) == 1 and "drawn on a thread" in notes[0]
+    writer.flush()
+    images = read_events(logdir).images
+    red, green, blue = (int(v) for v in decode(images["pid"][0])[0, 0])
+    assert (red << 16) | (green << 8) | blue == os.getpid() & 0xFFFFFF  # drawn in this process
+    assert int(decode(images["flat"][0])[0, 0, 0]) == 5
+
+
+def test_other_ranks_draw_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with tbhooks.attach(mlp(), logdir=tmp_path / "rank1", disable=BUILTIN_PLUGINS, autoload=False) as hooks:
+        assert not hooks.run.is_writer
+        hooks.run.render_image("t", 1, helpers.flat, 1)
+        assert hooks.run._render is None  # no worker process on this rank
+    assert not (tmp_path / "rank1").exists()
+
+
+def start_child(logdir, pause: float):
+    """``_render_helpers.py`` run as a training script, in its own process group like a job in a terminal."""
+    return subprocess.Popen(
+        [sys.executable, helpers.__file__, str(logdir), str(pause)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        text=True,
+    )
+
+
+def test_ctrl_c_in_a_terminal_ends_the_run_with_its_images_and_no_worker_left(tmp_path):
+    # Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the worker ignores
+    # it (even while it is starting), so the run's close still gets every image it asked for.
+    child = start_child(tmp_path, pause=1.0)
+    try:
+        worker = int(child.stdout.readline())  # the worker has just been started
+        os.killpg(child.pid, signal.SIGINT)
+        _, stderr = child.communicate(timeout=WAIT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert "KeyboardInterrupt" in stderr
+    slow = read_events(tmp_path).images["slow"]
+    assert [(e.step, int(decode(e)[0, 0, 0])) for e in slow] == [(1, 11), (2, 22)]
+    assert ended(worker)
+
+
+def test_a_worker_whose_training_process_was_killed_ends_even_in_a_drawing_that_never_ends(tmp_path):
+    child = start_child(tmp_path, pause=3600.0)
+    try:
+        worker = int(child.stdout.readline())
+        child.kill()  # SIGKILL: no close, no end of stdin while the worker draws
+        child.communicate(timeout=WAIT)
+        assert ended(worker)  # within a second or two, not an hour
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
