@@ -267,7 +267,7 @@ def all_plugins_setup(config: Config) -> AllPlugins:
     setup.notes.append("Images(every_n_epochs=1)")
     setup.notes.append("graph, scalars, embeddings, pr_curves, hparams at their defaults")
     try:
-        from tbhooks_figures import Figures
+        from tbhooks_figures.plugin import Figures
 
         makers.append(Figures)
         setup.figures = True
@@ -602,7 +602,7 @@ def figure_thread_ms(w: Workload, cycles: int, steps_between: int, *, figures: b
 
     if not ALL.figures:
         return {"skipped": "the figures plugin (plugins/tbhooks-figures) is not installed"}
-    from tbhooks_figures import Figures
+    from tbhooks_figures.plugin import Figures
 
     clock = time.perf_counter
     loss_fn = nn.CrossEntropyLoss()

@@ -38,6 +38,7 @@ one thread for numerical libraries.
 
 from __future__ import annotations
 
+import importlib
 import io
 import itertools
 import logging
@@ -55,7 +56,7 @@ import types
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -169,11 +170,18 @@ def worker_main() -> int:
     first = _read_message(requests)
     if first is None:
         return 0
-    sys.path[:] = pickle.loads(first[1])
+    path, preload = pickle.loads(first[1])
+    sys.path[:] = path
     # Loaded now, while the worker waits, rather than in the first request.
     import numpy  # noqa: F401
     import PIL.Image  # noqa: F401
     import tensorboard.compat.proto.summary_pb2  # noqa: F401
+
+    for name in preload:  # what the run's plugins will draw with (matplotlib, say)
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
 
     with answers:
         while True:
@@ -317,7 +325,8 @@ class _Worker:
         stdin = self.process.stdin
         assert stdin is not None
         try:
-            _write_message(stdin, _PATH_ID, pickle.dumps(list(sys.path), protocol=_PICKLE))
+            first = (list(sys.path), list(self.owner.preload))
+            _write_message(stdin, _PATH_ID, pickle.dumps(first, protocol=_PICKLE))
             while True:
                 item = self._queue.get()
                 if item is None:
@@ -396,6 +405,17 @@ class RenderProcess:
         self._in_thread = False
         self._fallback_lock = threading.Lock()
         self._ids = itertools.count(1)
+        self.preload: tuple[str, ...] = ()
+        """Modules the worker imports as soon as it starts (set by :meth:`start`)."""
+
+    def start(self, preload: Sequence[str] = ()) -> None:
+        """Start the worker now, importing ``preload`` there, so its start-up overlaps with training
+        instead of delaying the first image (and ``close``).  A no-op when one is running."""
+        with self._cond:
+            if self._worker is None and not self._in_thread and self._starts < self.max_starts:
+                self.preload = tuple(preload)
+                self._starts += 1
+                self._worker = _Worker(self)
 
     @staticmethod
     def command() -> list[str]:

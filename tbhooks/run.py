@@ -278,6 +278,22 @@ class Run:
         owner = calling_object(sys._getframe(1), skip=self)
         self._render.submit(fn, args, kwargs, tag=tag, step=step, writer=self.writer, owner=owner)
 
+    def start_render_worker(self, *preload: str) -> None:
+        """Start the render worker now and import the modules ``preload`` in it.
+
+        A plugin that will call :meth:`render_image` calls this in
+        ``on_fit_start``: the worker's start-up (its imports take seconds)
+        then overlaps with training instead of delaying the first image and
+        the run's close.  Does nothing on ranks other than 0.
+        """
+        if not self.is_writer:
+            return
+        from tbhooks.render_worker import RenderProcess
+
+        if self._render is None:
+            self._render = RenderProcess(fallback=self._background.submit)
+        self._render.start(preload)
+
     def stop_background(self) -> None:
         """Stop the render worker process and the background thread; the core calls it when the run closes.
 

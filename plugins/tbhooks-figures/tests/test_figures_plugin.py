@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tbhooks_figures import CONFUSION_TAG, PREDICTIONS_TAG, Figures
+from tbhooks_figures.plugin import CONFUSION_TAG, PREDICTIONS_TAG, Figures
 from tbhooks_figures.render import render_confusion_matrix, render_predictions
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -92,7 +92,7 @@ def eval_logits(model: nn.Module, test: TensorDataset) -> torch.Tensor:
 
 def test_entry_point_is_the_factory_of_the_installed_distribution():
     (point,) = [ep for ep in entry_points(group="tbhooks") if ep.name == "figures"]
-    assert point.value == "tbhooks_figures:plugin"
+    assert point.value == "tbhooks_figures.plugin:plugin"
     assert point.dist is not None and point.dist.name == "tbhooks-figures"
 
 

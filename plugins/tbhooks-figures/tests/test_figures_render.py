@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tbhooks_figures import confusion_counts, image_batch, prediction_titles
+from tbhooks_figures.plugin import confusion_counts, image_batch, prediction_titles
 from tbhooks_figures.render import render_confusion_matrix, render_predictions
 
 GREEN = (0, 128, 0)  # matplotlib's "green"
@@ -186,3 +186,14 @@ def test_a_thousand_figures_do_not_grow_memory():
     # bound is several times the noise and far below a leak of even one figure in twenty.
     assert after - before < 24, f"RSS grew by {after - before:.1f} MiB over 1000 figures"
     assert after - halfway < 4, f"RSS grew by {after - halfway:.1f} MiB over the last 500 figures"
+
+
+def test_the_render_worker_side_does_not_import_torch():
+    # The worker unpickles tbhooks_figures.draw.* and draws with render: both must stay light,
+    # or every run's worker pays seconds of torch import before its first figure.
+    import subprocess
+    import sys
+
+    code = "import sys, tbhooks_figures.draw, tbhooks_figures.render; print(sorted({'torch', 'tbhooks'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

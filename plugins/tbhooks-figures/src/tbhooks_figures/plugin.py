@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tbhooks import hookimpl
+from tbhooks_figures.draw import draw_confusion_matrix, draw_predictions
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    import numpy as np
 
     from tbhooks import Run
 
@@ -146,6 +145,12 @@ class Figures:
         self._samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     @hookimpl
+    def on_fit_start(self, run: Run) -> None:
+        # The worker's imports (matplotlib) take a second or more: start it now, in
+        # parallel with training, not when the first evaluation wants a figure.
+        run.start_render_worker("tbhooks_figures.render")
+
+    @hookimpl
     def on_eval_start(self, run: Run) -> None:
         self._evals += 1
         self._due = run.is_writer and self._evals % self.every_n_evals == 0
@@ -221,27 +226,6 @@ class Figures:
                 f"the figures show class indices",
             )
         return [str(index) for index in range(classes)]
-
-
-# ---------------------------------------------------------------------------
-# drawn in the render worker process
-# ---------------------------------------------------------------------------
-# Module-level, so the worker can import them by name; matplotlib is imported
-# there, on the first figure, and never in the training process.
-
-
-def draw_confusion_matrix(counts: np.ndarray, names: list[str], dpi: int) -> np.ndarray:
-    """The confusion-matrix figure's RGB pixels (runs in the render worker process)."""
-    from tbhooks_figures.render import render_confusion_matrix
-
-    return render_confusion_matrix(counts, names, dpi=dpi)
-
-
-def draw_predictions(images: np.ndarray, titles: list[tuple[str, str]], dpi: int) -> np.ndarray:
-    """The predictions-vs-actuals figure's RGB pixels (runs in the render worker process)."""
-    from tbhooks_figures.render import render_predictions
-
-    return render_predictions(images, titles, dpi=dpi)
 
 
 def plugin() -> Figures:
