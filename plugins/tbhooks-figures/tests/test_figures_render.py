@@ -194,6 +194,9 @@ def test_the_render_worker_side_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, tbhooks_figures.draw, tbhooks_figures.render; print(sorted({'torch', 'tbhooks'} & set(sys.modules)))"
+    code = (
+        "import sys, tbhooks_figures.draw, tbhooks_figures.render; "
+        "print(sorted({'torch', 'tbhooks'} & set(sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
