@@ -990,7 +990,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.out.write_text(report)
     print(f"\nwrote {args.out} ({elapsed:.0f} s in all)")
+    if not args.quick and args.out == HERE / "RESULTS.md":
+        quote_in_readme(report, HERE.parent / "README.md")
     return 0
+
+
+README_START = "<!-- make bench writes from here -->"
+README_END = "<!-- make bench writes up to here -->"
+
+
+def quote_in_readme(report: str, readme: Path) -> None:
+    """Copy the run's two result tables into the README, between its markers, so the figures the
+    README quotes are always the latest ones this command measured (never typed in)."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        print(f"{readme}: no benchmark markers; not quoted")
+        return
+    tables = []
+    for heading in ("## Overhead", "## Microbenchmarks"):
+        section = report.split(heading, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+        tables.append("\n".join(line for line in section.splitlines() if line.startswith("|")))
+    date = next((line.split(": ", 1)[1] for line in report.splitlines() if line.startswith("- date: ")), "?")
+    quoted = (
+        f"{README_START}\nFrom `make bench` of {date} (the machine and how it was measured: "
+        f"[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):\n\n{tables[0]}\n\n{tables[1]}\n{README_END}"
+    )
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + quoted + text[end:])
+    print(f"quoted the tables in {readme}")
 
 
 def render(

@@ -84,3 +84,11 @@ def test_every_test_the_bad_input_table_names_exists():
         for name, wildcard in names:
             pattern = rf"def {name}\w*\(" if wildcard else rf"def {name}\("
             assert re.search(pattern, sources), f"the README's table names {name}, which no test defines"
+
+
+def test_the_quoted_benchmark_tables_are_the_ones_make_bench_wrote():
+    quoted = README.read_text().split("<!-- make bench writes from here -->", 1)[1].split("<!-- make bench", 1)[0]
+    rows = [line for line in quoted.splitlines() if line.startswith("|")]
+    results = (README.parent / "benchmarks" / "RESULTS.md").read_text().splitlines()
+    assert len(rows) > 10
+    assert all(row in results for row in rows), "README quotes figures RESULTS.md does not hold"
