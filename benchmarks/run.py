@@ -526,25 +526,14 @@ def histograms(config: Config, root: Path) -> dict[str, Any]:
     side is timed best of ``hist_repeat``, the two interleaved."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from tbhooks.default_plugins.histograms import Histograms, device_histogram
+    from tbhooks.default_plugins.histograms import Histograms, device_histogram, write_histogram
 
     bins = inspect.signature(Histograms).parameters["bins"].default  # the plugin's default bucket count
     tensor = torch.randn(config.hist_elements, generator=torch.Generator().manual_seed(1))
     writer = SummaryWriter(tempfile.mkdtemp(prefix="hist-", dir=root), flush_secs=120)
 
     def ours() -> None:
-        h = device_histogram(tensor, bins)
-        writer.add_histogram_raw(
-            "ours",
-            min=h.min,
-            max=h.max,
-            num=h.num,
-            sum=h.sum,
-            sum_squares=h.sum_squares,
-            bucket_limits=h.bucket_limits,
-            bucket_counts=h.bucket_counts,
-            global_step=0,
-        )
+        write_histogram(writer, "ours", device_histogram(tensor, bins), 0)
 
     def theirs() -> None:
         writer.add_histogram("theirs", tensor, 0)
@@ -621,24 +610,7 @@ def figure_thread_ms(w: Workload, cycles: int, steps_between: int, *, figures: b
     )
 
     def evaluate() -> float:
-        """One evaluation; returns the time spent in tbhooks' calls."""
-        spent = 0.0
-        net.eval()
-        started = clock()
-        hooks.eval_start()
-        spent += clock() - started
-        with torch.no_grad():
-            for inputs, labels in w.eval:
-                outputs = net(inputs)
-                loss = loss_fn(outputs, labels)
-                started = clock()
-                hooks.eval_batch(inputs, labels, outputs, loss)
-                spent += clock() - started
-        started = clock()
-        hooks.eval_end()
-        spent += clock() - started
-        net.train()
-        return spent
+        return timed_evaluation(hooks, net, w.eval, loss_fn)
 
     hooks.fit_start()
     evaluate()  # the first figures import matplotlib on the background thread: not counted
@@ -742,21 +714,7 @@ def training_thread(w: Workload, *, plugins: list[Any], evaluate: bool) -> dict[
         hooks.epoch_end()
         ends += clock() - started
         if evaluate:
-            net.eval()
-            started = clock()
-            hooks.eval_start()
-            ends += clock() - started
-            with torch.no_grad():
-                for inputs, labels in w.eval:
-                    outputs = net(inputs)
-                    loss = loss_fn(outputs, labels)
-                    started = clock()
-                    hooks.eval_batch(inputs, labels, outputs, loss)
-                    ends += clock() - started
-            started = clock()
-            hooks.eval_end()
-            ends += clock() - started
-            net.train()
+            ends += timed_evaluation(hooks, net, w.eval, loss_fn)
     started = clock()
     hooks.fit_end()
     finished = clock()
@@ -819,6 +777,28 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def timed_evaluation(hooks: Any, net: nn.Module, batches: Any, loss_fn: Any) -> float:
+    """One evaluation through ``hooks``; returns the seconds spent in tbhooks' calls only."""
+    clock = time.perf_counter
+    spent = 0.0
+    net.eval()
+    started = clock()
+    hooks.eval_start()
+    spent += clock() - started
+    with torch.no_grad():
+        for inputs, labels in batches:
+            outputs = net(inputs)
+            loss = loss_fn(outputs, labels)
+            started = clock()
+            hooks.eval_batch(inputs, labels, outputs, loss)
+            spent += clock() - started
+    started = clock()
+    hooks.eval_end()
+    spent += clock() - started
+    net.train()
+    return spent
 
 
 def main_table(rows: list[Row], steps: int) -> tuple[list[list[str]], dict[str, float]]:

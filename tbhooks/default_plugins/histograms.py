@@ -53,6 +53,8 @@ from tbhooks.markers import hookimpl
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
+    from torch.utils.tensorboard import SummaryWriter
+
     from tbhooks.run import Run
 
 _CHUNK = 1 << 24
@@ -318,6 +320,21 @@ def _check_activations(value: object) -> str | tuple[str, ...]:
     return tuple(value)
 
 
+def write_histogram(writer: SummaryWriter, tag: str, hist: DeviceHistogram, step: int) -> None:
+    """Write ``hist`` (from :func:`device_histogram`) as histogram ``tag`` at ``step``, from host numbers only."""
+    writer.add_histogram_raw(
+        tag,
+        min=hist.min,
+        max=hist.max,
+        num=hist.num,
+        sum=hist.sum,
+        sum_squares=hist.sum_squares,
+        bucket_limits=hist.bucket_limits,
+        bucket_counts=hist.bucket_counts,
+        global_step=step,
+    )
+
+
 class Histograms:
     """Log histograms of weights, gradients and activations every N training steps.
 
@@ -421,16 +438,5 @@ class Histograms:
     def _write(self, run: Run, tags: list[str], results: list[DeviceHistogram], step: int) -> None:
         """Runs on the background thread: the protobufs, from host numbers only."""
         for tag, hist in zip(tags, results, strict=True):
-            if hist.num == 0:
-                continue
-            run.writer.add_histogram_raw(
-                tag,
-                min=hist.min,
-                max=hist.max,
-                num=hist.num,
-                sum=hist.sum,
-                sum_squares=hist.sum_squares,
-                bucket_limits=hist.bucket_limits,
-                bucket_counts=hist.bucket_counts,
-                global_step=step,
-            )
+            if hist.num:
+                write_histogram(run.writer, tag, hist, step)
