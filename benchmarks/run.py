@@ -36,8 +36,8 @@ import tempfile
 import time
 import timeit
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,8 @@ class Config:
     dispatch_number: int = 5_000
     dispatch_repeat: int = 5
     figure_calls: int = 5
-    thread_reps: int = 3
+    thread_reps: int = 2
+    lockstep_reps: int = 3
     figure_cycles: int = 3
     figure_steps: int = 600  # training steps after each evaluation in the figure-time measurement
     quick: bool = False
@@ -99,6 +100,7 @@ class Config:
             dispatch_repeat=2,
             figure_calls=1,
             thread_reps=1,
+            lockstep_reps=1,
             figure_cycles=1,
             figure_steps=40,
             quick=True,
@@ -571,20 +573,21 @@ def inline_figure_ms(w: Workload, calls: int) -> float:
 
 
 def figure_thread_ms(w: Workload, cycles: int, steps_between: int, *, figures: bool = True) -> dict[str, Any]:
-    """What each figure of the figures plugin costs the training thread, waiting and contention included.
+    """What each figure of the figures plugin costs the training thread: the time it spends on them.
 
     One hand-written run with the figures plugin alone: ``cycles`` times, an
-    evaluation (the plugin draws two figures on the background thread) and
-    then ``steps_between`` training steps; then ``close``, which waits for
-    any drawing left.  Charged to the figures: the time in tbhooks'
-    evaluation calls, the extra time of the training steps while the drawing
-    runs (sum of the first half of each cycle's step times minus the sum of
-    the second half, when the drawing is over: the background thread takes
-    the GIL and a core from training), and the whole close.  Divided by the
+    evaluation (the plugin hands two figures to the render worker process)
+    and then ``steps_between`` training steps; then ``close``, which waits
+    for any drawing left.  The training thread spends on the figures the
+    time in tbhooks' evaluation calls and the whole close; divided by the
     figures written in the timed part (read back from the event file).
 
-    With ``figures=False`` the same run without the plugin: its half-cycle
-    difference is the noise floor of the contention estimate (ms per cycle)."""
+    Reported apart, not added: an estimate of how much the drawing (in
+    another process, on another core) slows the training steps meanwhile,
+    the sum of the first half of each cycle's step times minus the sum of
+    the second half, when the drawing is over.  With ``figures=False`` the
+    same run without the plugin gives that estimate's noise floor (ms per
+    cycle)."""
     from tbhooks.hooks import Hooks
     from tbhooks.manager import BUILTIN_PLUGINS
     from tbhooks.testing import read_events
@@ -651,7 +654,7 @@ def figure_thread_ms(w: Workload, cycles: int, steps_between: int, *, figures: b
         return {"skipped": "the figures plugin wrote no figure"}
     per = 1e3 / written
     return {
-        "ms_per_figure": (in_calls + max(contention, 0.0) + closing) * per,
+        "ms_per_figure": (in_calls + closing) * per,
         "in_calls_ms": in_calls * per,
         "contention_ms": contention * per,
         "close_ms": closing * per,
@@ -877,6 +880,132 @@ def run_rows(w: Workload, rows: list[Row], warmup: Workload) -> None:
             print(f"  {row.title:<{width}}  {w.steps / elapsed:8.1f} steps/s", flush=True)
 
 
+# ---------------------------------------------------------------------------
+# lockstep: each row against a bare loop, step by step, within one run
+# ---------------------------------------------------------------------------
+
+
+class Lockstep:
+    """A row's training loader that runs one step of the bare loop before handing over each batch.
+
+    The bare loop trains its own copy of the network on its own iterator over
+    the same data; each of its steps is timed with the training thread's CPU
+    clock.  The row and the bare loop so alternate step by step in one run,
+    and whatever slows the machine down for a while slows both alike: the
+    comparison resolves differences of a percent where separate runs on a
+    shared machine scatter by ten.  Thread CPU time, not wall time, for the
+    bare steps: time a bare step spends waiting (for the GIL held by the
+    row's background threads, say) is then charged to the row, whose cost
+    is the run's wall time minus the bare steps' CPU time.
+    """
+
+    def __init__(self, w: Workload) -> None:
+        self.inner = w.train
+        self.batch_size = w.train.batch_size  # what a trainer reads off a DataLoader for its hparams
+        self.net = w.model()
+        self.opt = w.optimizer(self.net)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.data = DataLoader(w.train.dataset, batch_size=w.train.batch_size, shuffle=False, num_workers=0)
+        self.cpu = 0.0  # the bare steps' training-thread CPU time
+        self.wall = 0.0  # their wall time (cpu + waiting)
+        self.steps = 0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[Any]:
+        clock, thread_clock = time.perf_counter, time.thread_time
+        bare = iter(self.data)
+        for batch in self.inner:
+            started, cpu = clock(), thread_clock()
+            inputs, labels = next(bare)
+            self.opt.zero_grad()
+            self.loss_fn(self.net(inputs), labels).backward()
+            self.opt.step()
+            self.cpu += thread_clock() - cpu
+            self.wall += clock() - started
+            self.steps += 1
+            yield batch
+
+
+@dataclass
+class LockRow:
+    key: str
+    title: str
+    fn: Callable[[Workload], None]
+    target: float | None = None
+    ratios: list[float] = field(default_factory=list)  # bare steps' CPU time / the row's own time, per run
+    waits: list[float] = field(default_factory=list)  # the bare steps' wall - CPU time per step (s), per run
+    bare_steps: list[float] = field(default_factory=list)  # the bare steps' mean CPU time (s), per run
+
+
+def make_lock_rows(rows: list[Row]) -> list[LockRow]:
+    """The lockstep rows: every row of the main table that ran (the bare loop against itself is the control)."""
+    return [
+        LockRow(r.key, r.title + (" (control)" if r.key == "bare" else ""), r.fn, r.target)
+        for r in rows
+        if not r.skipped
+    ]
+
+
+def run_lockstep(w: Workload, rows: list[LockRow]) -> None:
+    """Each row once per repetition with a :class:`Lockstep` loader; repetitions interleaved and rotated."""
+    for rep in range(w.config.lockstep_reps):
+        shift = rep % len(rows)
+        order = rows[shift:] + rows[:shift]
+        print(f"lockstep repetition {rep + 1}/{w.config.lockstep_reps} (load average {loadavg()})", flush=True)
+        for row in order:
+            gc.collect()
+            torch.set_num_threads(1)
+            paired = Lockstep(w)
+            started = time.perf_counter()
+            row.fn(replace(w, train=paired))  # type: ignore[arg-type]
+            elapsed = time.perf_counter() - started
+            if paired.steps != w.steps:
+                raise RuntimeError(f"lockstep: {row.title} took {paired.steps} batches, expected {w.steps}")
+            own = elapsed - paired.cpu
+            row.ratios.append(paired.cpu / own)
+            row.waits.append((paired.wall - paired.cpu) / paired.steps)
+            row.bare_steps.append(paired.cpu / paired.steps)
+            print(f"  {row.title:<48} ratio {paired.cpu / own:.3f}", flush=True)
+
+
+def lockstep_table(rows: list[LockRow]) -> list[list[str]]:
+    out = []
+    for row in rows:
+        ratio = statistics.median(row.ratios)
+        low, high = min(row.ratios), max(row.ratios)
+        target = f">= {row.target:.2f}" if row.target is not None else "—"
+        met = "—"
+        if row.target is not None:
+            met = verdict(ratio, row.target)
+            if low < row.target <= high:
+                met += " (within noise)"
+        out.append(
+            [
+                row.title,
+                f"{ratio:.3f}",
+                f"{low:.3f}–{high:.3f}",
+                f"{statistics.median(row.bare_steps) * 1e3:.2f}",
+                f"{statistics.median(row.waits) * 1e6:.1f}",
+                target,
+                met,
+            ]
+        )
+    return out
+
+
+LOCK_HEADER = [
+    "row (in lockstep with a bare loop)",
+    "ratio to bare (median)",
+    "per-run range",
+    "bare step, CPU (ms)",
+    "bare step waiting (us)",
+    "target",
+    "result",
+]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes for the smoke test (numbers meaningless)")
@@ -911,6 +1040,10 @@ def main(argv: list[str] | None = None) -> int:
         contents = all_row_contents()
         print(f"  the last all run wrote: {contents}")
 
+        lock_rows = make_lock_rows(rows)
+        run_lockstep(w, lock_rows)
+        lock_body = lockstep_table(lock_rows)
+        lock_ratios = {r.key: statistics.median(r.ratios) for r in lock_rows}
         body, ratios = main_table(rows, w.steps)
         header = [
             "row",
@@ -925,6 +1058,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print()
         print(table(header, body))
+        print()
+        print(table(LOCK_HEADER, lock_body))
 
         print("\nmicrobenchmarks", flush=True)
         disp = dispatch(config, root)
@@ -956,6 +1091,8 @@ def main(argv: list[str] | None = None) -> int:
         info=info,
         body=body,
         header=header,
+        lock_body=lock_body,
+        lock_ratios=lock_ratios,
         ratios=ratios,
         rows=rows,
         disp=disp,
@@ -1006,6 +1143,8 @@ def render(
     info: dict[str, str],
     body: list[list[str]],
     header: list[str],
+    lock_body: list[list[str]],
+    lock_ratios: dict[str, float],
     ratios: dict[str, float],
     rows: list[Row],
     disp: dict[str, float],
@@ -1053,6 +1192,23 @@ def render(
     say()
     say(f"What the last timed all run wrote (read back with TensorBoard's EventAccumulator): {contents}.")
     say()
+    say("### The same rows in lockstep with a bare loop")
+    say()
+    say(
+        "Separate runs on this machine scatter by several percent from one run to the next (the bare loop's "
+        "own range above), more than the differences the targets are about. Here each row runs once per "
+        f"repetition ({config.lockstep_reps} interleaved repetitions) with a training loader that, before "
+        "handing the row each batch, runs one step of the bare loop on its own copy of the network and its "
+        "own iterator over the same data, timed with the training thread's CPU clock. The bare loop and the "
+        "row so alternate step by step in one run and share whatever the machine does meanwhile. Ratio = the "
+        "bare steps' CPU time / the row's own time (the run's wall time, from creating the logger to closing "
+        "it, minus the bare steps' CPU time): time a bare step spends waiting (for the GIL held by the row's "
+        "background threads, or the machine) is charged to the row; the 'waiting' column shows how much that "
+        "was per bare step. The bare loop against itself is the control: its ratio shows the method's own bias."
+    )
+    say()
+    say(table(LOCK_HEADER, lock_body))
+    say()
 
     say("## Microbenchmarks")
     say()
@@ -1097,10 +1253,11 @@ def render(
         micro.append(
             [
                 f"figures plugin, training-thread time per figure ({fig['figures']} figures, one evaluation every "
-                f"{config.figure_steps} steps): in tbhooks' evaluation calls {fig['in_calls_ms']:.2f} ms + training "
-                f"steps slowed while drawing {fig['contention_ms']:.1f} ms + close {fig['close_ms']:.1f} ms "
-                f"(the same run without the plugin: {fig['contention_ms_per_cycle']:.1f} ms of slowed steps per "
-                "evaluation cycle, the noise floor)",
+                f"{config.figure_steps} steps): in tbhooks' evaluation calls {fig['in_calls_ms']:.2f} ms + close "
+                f"{fig['close_ms']:.2f} ms. Not time the thread spends, so not added: training steps slowed while "
+                f"the worker process draws, {fig['contention_ms']:.1f} ms per figure by the half-cycle estimate, "
+                f"whose noise floor (the same run without the plugin) is {fig['contention_ms_per_cycle']:.1f} ms "
+                "per evaluation cycle",
                 f"{fig['ms_per_figure']:.2f} ms",
                 "< 1 ms",
                 verdict(fig["ms_per_figure"], 1.0, higher_is_better=False),
@@ -1114,20 +1271,20 @@ def render(
                 "—",
             ]
         )
-    if "default" in ratios and "flush120" in ratios:
+    if "default" in lock_ratios and "flush120" in lock_ratios:
         micro.append(
             [
-                "flush interval: steps/s with `flush_secs=2` / with `flush_secs=120` (default plugins)",
-                f"{ratios['default'] / ratios['flush120']:.3f}",
+                "flush interval: steps/s with `flush_secs=2` / with `flush_secs=120` (default plugins, lockstep)",
+                f"{lock_ratios['default'] / lock_ratios['flush120']:.3f}",
                 "—",
                 "—",
             ]
         )
-    if "default" in ratios and "measured" in ratios:
+    if "default" in lock_ratios and "measured" in lock_ratios:
         micro.append(
             [
-                "`measure_overhead=True`: steps/s with / without (default plugins)",
-                f"{ratios['measured'] / ratios['default']:.3f}",
+                "`measure_overhead=True`: steps/s with / without (default plugins, lockstep)",
+                f"{lock_ratios['measured'] / lock_ratios['default']:.3f}",
                 "—",
                 "—",
             ]
@@ -1247,10 +1404,12 @@ def render(
         "'tensorflow' bins) vs `device_histogram` (torch) + `add_histogram_raw`, both to one writer on a "
         "temporary log directory.",
         f"Figure time: one hand-written run with the figures plugin alone, {config.figure_cycles} cycles of an "
-        f"evaluation followed by {config.figure_steps} training steps, then close. Charged to the figures: "
-        "tbhooks' evaluation calls, the extra time of the first half of each cycle's training steps over the "
-        "second half (the drawing runs on the background thread meanwhile and takes the GIL and a core), "
-        "and the whole close (it waits for drawing left); divided by the figures written.",
+        f"evaluation followed by {config.figure_steps} training steps, then close. The training thread's time "
+        "per figure is tbhooks' evaluation calls plus the whole close (it waits for drawing left), divided by "
+        "the figures written. The figures are drawn in the render worker process, which holds no lock the "
+        "training thread needs; the slowdown of the training steps while it draws (another process on the "
+        "other core: caches, memory) is estimated apart as the extra time of the first half of each cycle's "
+        "training steps over the second half, next to the same estimate without the plugin (its noise floor).",
         "The machine may be shared (see the load averages above): differences within the per-repetition "
         "range are noise.",
     ]

@@ -9,6 +9,7 @@ dictionaries are exactly as the user left them.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -120,6 +121,12 @@ class Capturer:
         if not self.requests:
             return []
         return self._one_per_key(r for r in self.requests if r.due(step))
+
+    def next_step(self, start: int) -> int:
+        """The first training step from ``start`` on which some request captures
+        (``sys.maxsize`` when none ever does): the core skips every step before it."""
+        steps = [start + (-start) % r.every_n_steps for r in self.requests if r.every_n_steps > 0]
+        return min(steps, default=sys.maxsize)
 
     def due_for_eval(self) -> list[Capture]:
         """The requests that capture on evaluation batches, one per key."""

@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 
 _open_hooks: weakref.WeakSet[Hooks] = weakref.WeakSet()
 
+LOOKAHEAD = 64
+"""How many upcoming steps the core asks the plugins' ``batch_end_due`` about at once."""
+
 
 @atexit.register
 def _close_at_exit() -> None:
@@ -190,8 +193,14 @@ class Hooks:
         self.run.step, self.run.epoch = self.step, self.epoch
         self.run.stop_on_nonfinite = stop_on_nonfinite
         self._capturer = Capturer(self.model)
+        self._attached = False
         self._epoch_batches = 0
         self._batch_end_checks: list[Callable[[int], bool]] | None = None
+        # The per-step fast path compares the step with these two integers and does nothing
+        # else: no capture request is due before _next_capture, and no plugin's
+        # batch_end_due before _next_dispatch.  0 means "work it out on the next step".
+        self._next_capture = 0
+        self._next_dispatch = 0
         self._eval: _EvalState | None = None
         self._started = False
         self._closed = False
@@ -244,6 +253,7 @@ class Hooks:
             requests.extend(result)
         self._capturer.set_requests(requests)
         self._batch_end_checks = self._batch_end_schedule()
+        self._next_capture = self._next_dispatch = 0
 
     def _batch_end_schedule(self) -> list[Callable[[int], bool]] | None:
         """The ``batch_end_due`` checks of the plugins implementing ``on_batch_end``, or
@@ -260,16 +270,36 @@ class Hooks:
             checks.append(due)
         return checks
 
+    def _find_next_dispatch(self, start: int) -> int:
+        """The first step from ``start`` on which some plugin's ``batch_end_due`` is true, looking
+        at most :data:`LOOKAHEAD` steps ahead (when none is, the step after those, to look again).
+
+        Asking ahead, in one tight loop, costs far less than asking on every step:
+        between training steps the interpreter's caches are cold, and each call
+        costs microseconds.  The answer is dropped after every event the core
+        raises, since a plugin's answers may change in any of its hooks.
+        """
+        checks = self._batch_end_checks
+        if checks is None:
+            return start  # a plugin without batch_end_due is called on every step
+        for step in range(start, start + LOOKAHEAD):
+            for due in checks:
+                if due(step):
+                    return step
+        return start + LOOKAHEAD
+
     def epoch_start(self) -> None:
         """Fire ``on_epoch_start`` for the next epoch."""
         self.fit_start()
         self.epoch = self.run.epoch = self._next_epoch
         self.batch_idx = 0
         self.run.train_losses.reset()
+        self.run.last_inputs = None
         self._epoch_batches = 0
         for name in self._host.overhead:
             self._host.overhead[name] = 0.0
         self._host.hook.on_epoch_start(run=self.run, step=self.step, epoch=self.epoch)
+        self._next_dispatch = 0
 
     def batch_start(self) -> None:
         """Register the module hooks due on the coming step (nothing when none is due).
@@ -277,9 +307,14 @@ class Hooks:
         Call it before the forward pass; without it, plugins that asked for
         activations or gradients get nothing on training steps.
         """
-        due = self._capturer.due_for_step(self.step + 1)
+        step = self.step + 1
+        if step < self._next_capture:
+            return
+        due = self._capturer.due_for_step(step)
         if due:
             self._capturer.attach(due)
+            self._attached = True
+        self._next_capture = self._capturer.next_step(step + 1)
 
     def batch_end(self, inputs: Any, targets: Any, outputs: Any, loss: torch.Tensor | None = None) -> None:
         """Fire ``on_batch_end`` for the batch just trained; call it after ``optimizer.step()``.
@@ -287,17 +322,29 @@ class Hooks:
         When every plugin implementing ``on_batch_end`` has a ``batch_end_due(step)``
         method and none is due, the event is skipped (see the README's
         "Writing a plugin"); the loss still counts toward ``run.train_losses``.
+        On such a step the core does no more than keep a reference to the
+        detached loss and to the inputs (``run.last_inputs``).
         """
-        captured = self._capturer.take() if self._capturer.detach() else {}
-        self.step += 1
-        self.run.step = step = self.step
+        captured: dict[str, torch.Tensor] = {}
+        if self._attached:
+            self._attached = False
+            self._capturer.detach()
+            captured = self._capturer.take()
+        run = self.run
+        self.step = step = self.step + 1
+        run.step = step
+        run.last_inputs = inputs
         if loss is not None:
             loss = loss.detach()
             # Kept on the device: means are read back only on steps that log.
-            self.run.train_losses.add(loss)
+            run.train_losses.add(loss)
         self._epoch_batches += 1
+        if not captured and step < self._next_dispatch:
+            self.batch_idx += 1
+            return
         checks = self._batch_end_checks
-        if checks is not None and not captured and not any(due(step) for due in checks):
+        if not captured and checks is not None and not any(due(step) for due in checks):
+            self._next_dispatch = self._find_next_dispatch(step + 1)
             self.batch_idx += 1
             return
         prediction = select_output(outputs, self.output).detach()
@@ -331,6 +378,7 @@ class Hooks:
                     f"tbhooks/overhead_ms/{name}", seconds * 1000 / self._epoch_batches, self.step
                 )
         self._next_epoch = self.epoch + 1
+        self._next_dispatch = 0
         self.flush()
         return metrics
 
@@ -338,6 +386,8 @@ class Hooks:
         """Fire ``on_eval_start`` and register the module hooks plugins want during evaluation."""
         self.fit_start()
         self._capturer.detach()
+        self._attached = False
+        self._next_dispatch = 0
         self._eval = _EvalState()
         self._host.hook.on_eval_start(run=self.run, step=self.step, epoch=self.epoch)
         self._capturer.attach(self._capturer.due_for_eval())
@@ -375,6 +425,7 @@ class Hooks:
         self._host.hook.on_eval(
             run=self.run, step=self.step, epoch=self.epoch, metrics=metrics, outputs=outputs, targets=targets
         )
+        self._next_dispatch = 0
         self.last_metrics = metrics
         self.flush()
         return metrics
@@ -394,6 +445,7 @@ class Hooks:
             return
         try:
             self._capturer.detach()
+            self._attached = False
             self._host.hook.on_exception(run=self.run, step=self.step, epoch=self.epoch, exception=exc)
         finally:
             self.close()
@@ -419,6 +471,7 @@ class Hooks:
             return
         self._closed = True
         _open_hooks.discard(self)
+        self.run.last_inputs = None  # the run object may outlive the loop: hold no batch
         try:
             self._capturer.detach()
             for module, training in self._modes:

@@ -89,6 +89,20 @@ class PluginSource:
     version: str
 
 
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, told that dunder attributes are never hook implementations.
+
+    ``register`` inspects every name in ``dir(plugin)`` without evaluating it
+    (``inspect.getattr_static``); the thirty-odd dunders every object has are
+    most of that work, and no event is named ``__*``.
+    """
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
+        if name.startswith("__"):
+            return None
+        return super().parse_hookimpl_opts(plugin, name)
+
+
 def _load_builtin(spec: str) -> object:
     module_name, _, factory = spec.partition(":")
     return getattr(importlib.import_module(module_name), factory)()
@@ -133,19 +147,23 @@ def make_plugin_manager(
         autoload = not env_flag("TBHOOKS_DISABLE_PLUGIN_AUTOLOAD")
     blocked = [*disable, *env_list("TBHOOKS_DISABLE_PLUGINS")]
 
-    installed = list(entry_points(group=NAME))
-    eps = installed if autoload else []
     user_names = [plugin_name(p) for p in plugins]
-    # Installed entry points count as known even with autoload off, so a shared
-    # TBHOOKS_DISABLE_PLUGINS setting stays valid for runs that do not autoload.
-    known = sorted({*BUILTIN_PLUGINS, *(ep.name for ep in installed), *user_names})
+    # Reading every installed distribution's entry points costs milliseconds per run:
+    # done only to autoload, or to check a blocked name that is neither built in nor
+    # passed.  Installed entry points count as known even with autoload off, so a
+    # shared TBHOOKS_DISABLE_PLUGINS setting stays valid for runs that do not autoload.
+    local = {*BUILTIN_PLUGINS, *user_names}
+    needs_scan = autoload or any(name not in local for name in blocked)
+    installed = list(entry_points(group=NAME)) if needs_scan else []
+    eps = installed if autoload else []
+    known = sorted({*local, *(ep.name for ep in installed)})
     unknown = [name for name in blocked if name not in known]
     if unknown:
         raise ValueError(
             f"disable names unknown plugin(s) {', '.join(map(repr, unknown))}; known plugins: {', '.join(known)}"
         )
 
-    pm = pluggy.PluginManager(NAME)
+    pm = _PluginManager(NAME)
     pm.add_hookspecs(hookspecs)
     for name in blocked:
         pm.set_blocked(name)

@@ -69,6 +69,8 @@ _PICKLE = pickle.HIGHEST_PROTOCOL
 _WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 _WORKER_NICE = 10
 _IGNORED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+WARM_UP = "tbhooks_warm_up"
+"""A preloaded module's function of this name is called once when the worker starts (errors ignored)."""
 
 
 class RenderError(RuntimeError):
@@ -179,7 +181,12 @@ def worker_main() -> int:
 
     for name in preload:  # what the run's plugins will draw with (matplotlib, say)
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
+            # The first figure a process draws loads fonts and fills caches (half a second with
+            # matplotlib): a module that offers a warm-up pays that now, while training runs.
+            warm_up = getattr(module, WARM_UP, None)
+            if callable(warm_up):
+                warm_up()
         except Exception:
             pass
 

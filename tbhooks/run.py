@@ -166,7 +166,7 @@ class Run:
     Attributes plugins read: ``writer``, ``logdir``, ``model`` (unwrapped from
     DistributedDataParallel), ``optimizer`` (or ``None``), ``class_names`` (or
     ``None``), ``hparams``, ``rank``, ``world_size``, ``is_writer``, ``step``,
-    ``epoch``, ``device``.  Methods: :meth:`submit`, :meth:`render_image`, :meth:`gather`,
+    ``epoch``, ``device``, ``last_inputs``.  Methods: :meth:`submit`, :meth:`render_image`, :meth:`gather`,
     :meth:`class_scores`, :meth:`request_stop`, :meth:`warn_once`,
     :meth:`info_once`, :meth:`tag`.
     """
@@ -199,6 +199,11 @@ class Run:
         ``total()`` and ``count`` give the sum and the number of losses so far;
         the scalars plugin logs interval means as differences of totals, so no
         plugin has to see every step."""
+        self.last_inputs: Any = None
+        """The inputs of the latest training batch of this epoch (a reference, not a copy), or ``None``.
+
+        Set on every step without raising an event, so a plugin that wants the
+        epoch's last batch at ``on_epoch_end`` need not be called on every batch."""
         self.stop_reason: str | None = None
         self.stop_on_nonfinite = False
         self._said: set[str] = set()
@@ -284,7 +289,10 @@ class Run:
         A plugin that will call :meth:`render_image` calls this in
         ``on_fit_start``: the worker's start-up (its imports take seconds)
         then overlaps with training instead of delaying the first image and
-        the run's close.  Does nothing on ranks other than 0.
+        the run's close.  A preloaded module's ``tbhooks_warm_up()`` function,
+        if it has one, is then called in the worker (draw a tiny figure there:
+        a process's first figure costs far more than later ones).  Does
+        nothing on ranks other than 0.
         """
         if not self.is_writer:
             return

@@ -104,6 +104,23 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
     if importlib.util.find_spec("tbhooks_figures") is not None:
         assert "figures/predictions_vs_actuals x1" in wrote and "figures/confusion_matrix x1" in wrote
 
+    # The same rows in lockstep with a bare loop (the bare loop against itself is the control).
+    lock = _table(text, "row (in lockstep with a bare loop)")
+    assert [r[0] for r in lock] == [
+        t + (" (control)" if t == "bare loop" else "") for t in ROWS if t in steps or t not in PEERS
+    ]
+    for _title, ratio, spread, bare_ms, waiting, target, verdict in lock:
+        low, high = (float(x) for x in spread.split("–"))
+        assert 0 < low <= float(ratio) <= high
+        assert float(bare_ms) > 0
+        float(waiting)  # parses: may be slightly negative (the CPU clock ticks coarser than the wall clock)
+        if target == "—":
+            assert verdict == "—"
+        else:
+            goal = float(target.removeprefix(">= "))
+            _verdict_agrees(float(ratio), goal, verdict.removesuffix(" (within noise)"), higher_is_better=True)
+            assert verdict.endswith(" (within noise)") == (low < goal <= high), (verdict, spread, goal)
+
     micro = {r[0].split(":")[0].split(" (")[0]: r for r in _table(text, "measurement")}
     dispatch = micro["dispatch"]
     guarded, bare_us, ratio = (float(x) for x in re.findall(r"[\d.]+", dispatch[1])[:3])

@@ -180,3 +180,44 @@ def test_on_batch_end_is_skipped_on_steps_no_plugin_is_due(tmp_path):
         # A plugin without it (LossProbe) is due on every step.
         assert steps == (expected or list(range(1, 11)))
         assert read_events(tmp_path / str(len(plugins))).steps("train/loss") == [4, 8, 10]
+
+
+def test_batch_end_due_is_asked_ahead_and_again_after_every_event(tmp_path):
+    # The core asks batch_end_due about upcoming steps in one go (LOOKAHEAD at a time) and
+    # forgets the answers after each event it raises: a plugin whose answer changes in one
+    # of its hooks (here on_epoch_end) is still called on exactly the steps it is due.
+    from tbhooks.hooks import LOOKAHEAD
+
+    class Sparse:
+        name = "sparse"
+
+        def __init__(self) -> None:
+            self.extra: set[int] = set()
+            self.steps: list[int] = []
+
+        def batch_end_due(self, step: int) -> bool:
+            return step % 29 == 0 or step in self.extra
+
+        @tbhooks.hookimpl
+        def on_batch_end(self, step):
+            self.steps.append(step)
+            if step == 58:
+                self.extra.add(60)  # decided in on_batch_end: due two steps later
+
+        @tbhooks.hookimpl
+        def on_epoch_end(self, step):
+            self.extra.add(step + 3)  # decided at the epoch end: the third step of the next epoch
+
+    per_epoch = 2 * LOOKAHEAD + 5
+    plugin = Sparse()
+    model = nn.Linear(2, 2)
+    with tbhooks.attach(model, logdir=tmp_path, plugins=[plugin], disable=[*QUIET, "scalars"], autoload=False) as hooks:
+        for _ in range(2):
+            hooks.epoch_start()
+            for _ in range(per_epoch):
+                hooks.batch_start()
+                hooks.batch_end(torch.zeros(1, 2), None, torch.zeros(1, 2), torch.tensor(0.5))
+            hooks.epoch_end()
+    total = 2 * per_epoch
+    expected = sorted({s for s in range(1, total + 1) if s % 29 == 0} | {60, per_epoch + 3})
+    assert plugin.steps == expected

@@ -329,6 +329,22 @@ def test_only_rank_zero_traces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert graph_events(tmp_path) == 0
 
 
+def test_the_trace_runs_the_model_once(tmp_path: Path) -> None:
+    # add_graph's own trace checks itself by running the model twice more (check_trace);
+    # the plugin traces without that check, so the graph costs one extra forward pass.
+    calls = []
+
+    class Counting(TupleNet):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            calls.append(torch.jit.is_tracing())
+            return super().forward(x)
+
+    train(Counting(), tmp_path, batches(n=3))
+    assert calls == [False, True, False, False]  # batch 1, the trace after it, batches 2 and 3
+    names = node_names(tmp_path)
+    assert any("head_b" in name for name in names) and graph_events(tmp_path) == 1
+
+
 def test_options_are_validated() -> None:
     with pytest.raises(TypeError, match=r"Graph\(text_fallback=...\) expects True or False, got str"):
         Graph(text_fallback="yes")  # type: ignore[arg-type]

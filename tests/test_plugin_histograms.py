@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,8 @@ import tbhooks
 from tbhooks import TbhooksWarning
 from tbhooks.default_plugins import histograms as histograms_module
 from tbhooks.default_plugins.histograms import DeviceHistogram, Histograms, device_histogram, device_histograms
+from tbhooks.errors import PluginFaultWarning
+from tbhooks.hooks import Hooks
 from tbhooks.manager import BUILTIN_PLUGINS
 from tbhooks.testing import read_events
 
@@ -373,6 +378,242 @@ def test_options_are_validated() -> None:
     with pytest.raises(TypeError, match=r"Histograms\(activations=...\) expects submodule names \(str\), got 3"):
         Histograms(activations=["fc1", 3])  # type: ignore[list-item]
     assert Histograms().every_n_steps == 1000 and Histograms().bins == 64
+
+
+# -- the background thread -------------------------------------------------------
+
+
+@contextmanager
+def background_held(hooks: Hooks) -> Iterator[None]:
+    """Hold the run's background thread until the block ends: the tasks submitted inside wait behind this one."""
+    release = threading.Event()
+    hooks.run.submit(release.wait, 30)  # FIFO: every later task runs after it
+    try:
+        yield
+    finally:
+        release.set()
+
+
+def train_step(hooks: Hooks, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    hooks.batch_start()
+    out = model(x)
+    loss = nn.functional.cross_entropy(out, y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    hooks.batch_end(x, y, out, loss)
+
+
+def test_cpu_values_of_the_logging_step_are_logged_although_they_change_in_place_after(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    fc1_out: list[torch.Tensor] = []  # the module's output itself, which the capture shares storage with
+    model.fc1.register_forward_hook(lambda module, args, out: fc1_out.append(out))
+    plugin = Histograms(every_n_steps=1, activations=["fc1"], bins=16)
+    with tbhooks.attach(
+        model, logdir=tmp_path, optimizer=optimizer, plugins=[plugin], disable=OTHERS, autoload=False
+    ) as hooks:
+        hooks.epoch_start()
+        with background_held(hooks):
+            train_step(hooks, model, optimizer, x, y)
+            expected = {
+                "weights/fc1.weight": model.fc1.weight.detach().clone(),
+                "grads/fc1.weight": model.fc1.weight.grad.clone(),
+                "activations/fc1": fc1_out[-1].detach().clone(),
+            }
+            # Before the background thread bins anything: what a next optimizer step, zero_grad
+            # and an in-place activation would do.
+            with torch.no_grad():
+                model.fc1.weight.add_(100.0)
+                model.fc1.weight.grad.zero_()
+                fc1_out[-1].mul_(-3.0)
+    for tag, tensor in expected.items():
+        values = histogram(tmp_path, tag)
+        assert sorted(values) == [1], tag
+        assert_matches(values[1], tensor, bins=16)
+    assert histogram(tmp_path, "weights/fc1.weight")[1].max < 50  # not the weights as they are now
+
+
+def test_cpu_tensors_are_binned_on_the_background_thread_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    row = histograms_module.histogram_row
+
+    def recording_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
+        threads.append(threading.current_thread().name)
+        return row(tensor, bins)
+
+    monkeypatch.setattr(histograms_module, "histogram_row", recording_row)
+    model = MLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    plugin = Histograms(every_n_steps=2, activations="all", bins=8)
+    with tbhooks.attach(
+        model, logdir=tmp_path, optimizer=optimizer, plugins=[plugin], disable=OTHERS, autoload=False
+    ) as hooks:
+        hooks.epoch_start()
+        for _ in range(4):
+            train_step(hooks, model, optimizer, x, y)
+    # Steps 2 and 4, each: 4 weights, 4 grads, 3 activations.
+    assert threads == ["tbhooks-background"] * 22
+    assert sorted(histogram(tmp_path, "grads/fc2.bias")) == [2, 4]
+
+
+def test_device_rows_are_computed_on_the_training_thread_and_read_back_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without a GPU: the 2-D tensors take the accelerators' path (rows computed at the logging step,
+    # read back in the background), the 1-D ones the CPU path; the results must land on the right tags.
+    monkeypatch.setattr(histograms_module, "_copied", lambda tensor: tensor.dim() == 1)
+    binned_on: dict[tuple[int, ...], set[str]] = {}
+    row = histograms_module.histogram_row
+
+    def recording_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
+        binned_on.setdefault(tuple(tensor.shape), set()).add(threading.current_thread().name)
+        return row(tensor, bins)
+
+    monkeypatch.setattr(histograms_module, "histogram_row", recording_row)
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    fc1_out: list[torch.Tensor] = []
+    model.fc1.register_forward_hook(lambda module, args, out: fc1_out.append(out.detach().clone()))
+    plugin = Histograms(every_n_steps=1, activations=["fc1"], bins=16)
+    with tbhooks.attach(
+        model, logdir=tmp_path, optimizer=optimizer, plugins=[plugin], disable=OTHERS, autoload=False
+    ) as hooks:
+        hooks.epoch_start()
+        train_step(hooks, model, optimizer, x, y)
+        expected = {f"weights/{n}": p.detach().clone() for n, p in model.named_parameters()}
+        expected |= {f"grads/{n}": p.grad.clone() for n, p in model.named_parameters()}
+        expected["activations/fc1"] = fc1_out[-1]
+    assert binned_on == {
+        (16, 6): {"MainThread"},
+        (3, 16): {"MainThread"},
+        (8, 16): {"MainThread"},
+        (16,): {"tbhooks-background"},
+        (3,): {"tbhooks-background"},
+    }
+    assert set(read_events(tmp_path).histograms) == set(expected)
+    for tag, tensor in expected.items():
+        assert_matches(histogram(tmp_path, tag)[1], tensor, bins=16)
+
+
+def test_everything_is_written_when_fit_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A slow background thread: the histograms of the last logging step are still being binned at
+    # the end of the fit; fit must not return before they are on disk.
+    row = histograms_module.histogram_row
+
+    def slow_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
+        threading.Event().wait(0.02)
+        return row(tensor, bins)
+
+    monkeypatch.setattr(histograms_module, "histogram_row", slow_row)
+    torch.manual_seed(0)
+    model = MLP()
+    generator = torch.Generator().manual_seed(2)
+    data = [(torch.randn(4, 6, generator=generator), torch.randint(0, 3, (4,), generator=generator)) for _ in range(6)]
+    trainer = tbhooks.Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.functional.cross_entropy,
+        logdir=tmp_path,
+        plugins=[Histograms(every_n_steps=2, bins=16)],
+        disable=OTHERS,
+        autoload=False,
+        progress=False,
+    )
+    trainer.fit(data, epochs=1)
+    tags = set(read_events(tmp_path).histograms)
+    assert len(tags) == 8  # 4 weights, 4 grads
+    for tag in tags:
+        assert sorted(histogram(tmp_path, tag)) == [2, 4, 6], tag
+    # No optimizer step after step 6: its weights are the model's weights now.
+    assert_matches(histogram(tmp_path, "weights/fc1.weight")[6], model.fc1.weight.detach(), bins=16)
+
+
+def test_nonfinite_warning_found_late_is_given_at_fit_end_on_the_training_thread(tmp_path: Path) -> None:
+    model = MLP()
+    with torch.no_grad():
+        model.fc2.weight[0, 3] = NAN
+    x = torch.randn(4, 6)
+    plugin = Histograms(every_n_steps=1, grads=False, bins=8)
+    with pytest.warns(
+        TbhooksWarning, match=r"histograms at step 1: NaN/inf values in weights/fc2.weight \(1 of 48\)"
+    ) as record:
+        with tbhooks.attach(model, logdir=tmp_path, plugins=[plugin], disable=OTHERS, autoload=False) as hooks:
+            hooks.epoch_start()
+            with background_held(hooks):
+                hooks.batch_start()
+                hooks.batch_end(x, None, model(x))
+            assert not record  # the step's task had not run: nothing to warn about yet
+            hooks.epoch_end()  # flushes, and waits for nothing
+        assert len(record) == 1  # on_fit_end waited for the task, then warned
+    assert histogram(tmp_path, "weights/fc2.weight")[1].num == 47
+
+
+def test_error_in_the_background_task_disables_the_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(histograms_module, "write_histogram", broken)
+    model = MLP()
+    x = torch.randn(4, 6)
+    with pytest.warns(PluginFaultWarning, match=r"(?s)plugin 'histograms' raised in background task.*disk on fire"):
+        with tbhooks.attach(
+            model, logdir=tmp_path, plugins=[Histograms(every_n_steps=1)], disable=OTHERS, autoload=False
+        ) as hooks:
+            hooks.epoch_start()
+            hooks.batch_start()
+            hooks.batch_end(x, None, model(x))
+    assert hooks.faults["histograms"].hook == "background task"
+    assert not read_events(tmp_path).histograms
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_logging_step_reads_nothing_back_on_the_training_thread(tmp_path: Path) -> None:
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = MLP().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6, device=device), torch.randint(0, 3, (8,), device=device)
+    fc1_out: list[torch.Tensor] = []
+    model.fc1.register_forward_hook(lambda module, args, out: fc1_out.append(out))
+    plugin = Histograms(every_n_steps=1, activations=["fc1"], bins=16)
+    with tbhooks.attach(
+        model, logdir=tmp_path, optimizer=optimizer, plugins=[plugin], disable=OTHERS, autoload=False
+    ) as hooks:
+        hooks.epoch_start()
+        # The sync debug mode is process-wide: the background thread's read back must wait until it is off.
+        with background_held(hooks):
+            hooks.batch_start()
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")  # any device-to-host synchronisation raises
+            try:
+                hooks.batch_end(x, y, out, loss)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            expected = {
+                "weights/fc1.weight": model.fc1.weight.detach().cpu(),
+                "grads/fc1.weight": model.fc1.weight.grad.cpu(),
+                "activations/fc1": fc1_out[-1].detach().cpu(),
+            }
+            with torch.no_grad():  # enqueued after the rows: stream order keeps the logged values
+                model.fc1.weight.add_(100.0)
+                model.fc1.weight.grad.zero_()
+                fc1_out[-1].mul_(-3.0)
+    assert not hooks.faults
+    for tag, tensor in expected.items():
+        # Against the CPU histc, as in the test above.
+        assert_matches(histogram(tmp_path, tag)[1], tensor, bins=16)
 
 
 @pytest.mark.cuda

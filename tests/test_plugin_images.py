@@ -14,16 +14,18 @@ from torch import nn
 import tbhooks
 from tbhooks.default_plugins.images import Images
 from tbhooks.manager import BUILTIN_PLUGINS
-from tbhooks.testing import read_events
+from tbhooks.testing import HookRecorder, read_events
 
 OTHERS = [name for name in BUILTIN_PLUGINS if name != "images"]
 PAD = 2  # torchvision.utils.make_grid's default padding
 
 
-def train(tmp_path, batches, *, plugin, epochs=1):
+def train(tmp_path, batches, *, plugin, epochs=1, runs=None):
     """A hand-written loop over fixed input batches; the model's outputs are irrelevant here."""
     model = nn.Linear(2, 2)
     with tbhooks.attach(model, logdir=tmp_path, plugins=[plugin], disable=OTHERS, autoload=False) as hooks:
+        if runs is not None:
+            runs.append(hooks.run)
         for _ in range(epochs):
             hooks.epoch_start()
             for inputs in batches:
@@ -120,24 +122,30 @@ def test_only_first_batch_without_every_n_epochs(tmp_path):
 def test_every_n_epochs_uses_last_batch_of_the_epoch(tmp_path):
     batches = [torch.full((2, 1, 4, 4), value) for value in (0.2, 0.4, 0.6)]
     plugin = Images(every_n_epochs=2)
-    events = train(tmp_path, batches, plugin=plugin, epochs=5)
+    runs = []
+    events = train(tmp_path, batches, plugin=plugin, epochs=5, runs=runs)
     got = events.images["images/inputs"]
     # fit start (step 1), then the ends of epochs 1 and 3 (steps 6 and 12)
     assert [e.step for e in got] == [1, 6, 12]
     assert [int(cell(decode(e), 0, 8, (4, 4))[0, 0, 0]) for e in got] == [51, 153, 153]
-    assert plugin._last is None  # nothing held after the run
+    assert runs[0].last_inputs is None  # no batch held after the run
 
 
-def test_epoch_grid_keeps_a_reference_not_a_copy(tmp_path):
+def test_epoch_grid_keeps_a_reference_not_a_copy_and_no_event_after_the_first_batch(tmp_path):
     plugin = Images(every_n_epochs=1)
     model = nn.Linear(2, 2)
     with tbhooks.attach(model, logdir=tmp_path, plugins=[plugin], disable=OTHERS, autoload=False) as hooks:
+        recorder = HookRecorder(hooks)
         hooks.epoch_start()
         for _ in range(3):
             inputs = torch.rand(2, 1, 4, 4)
             hooks.batch_end(inputs, None, torch.zeros(2, 2))
-            assert plugin._last is inputs
+            assert hooks.run.last_inputs is inputs
         hooks.epoch_end()
+    # The epoch grid needs only the last batch, which the core keeps: on_batch_end is raised
+    # for the first grid only (steps 2 and 3 take the fast path).
+    assert [kwargs["step"] for kwargs in recorder.of("on_batch_end")] == [1]
+    assert [e.step for e in read_events(tmp_path).images["images/inputs"]] == [1, 3]
 
 
 @pytest.mark.parametrize(
@@ -198,7 +206,6 @@ def test_only_rank_zero_works(tmp_path):
         hooks.run.rank = 1
         hooks.epoch_start()
         hooks.batch_end(torch.rand(2, 1, 4, 4), None, torch.zeros(2, 2))
-        assert plugin._last is None
         hooks.epoch_end()
     assert read_events(tmp_path).images == {}
 

@@ -14,13 +14,36 @@ How the work is split: :func:`device_histogram` and
 :func:`device_histograms` compute the minimum, maximum, count, sum, sum of
 squares and the bucket counts with torch on the tensor's own device, with no
 host synchronisation (two passes over the tensor, masked and scattered on
-the device).  The small results of every tensor of one logging step are
-concatenated and copied to the host once (one copy per device), and the
-protobufs are written on the run's background thread.  The whole tensor
-never leaves the device.  CPU tensors, which have nothing to synchronise
-with, are binned in cache-sized chunks with ``torch.histc``'s own
-arithmetic (small ones by ``torch.histc`` itself), three to four times
-faster than ``torch.histc`` on one thread.
+the device), then copy the small results of all tensors to the host at once
+(one copy per device).  The whole tensor never leaves the device.  CPU
+tensors, which have nothing to synchronise with, are binned in cache-sized
+chunks with ``torch.histc``'s own arithmetic (small ones by ``torch.histc``
+itself), three to four times faster than ``torch.histc`` on one thread.
+
+The plugin keeps both the binning and the read back off the training
+thread where it can.  On a logging step the training thread only:
+
+* for tensors on CUDA and other accelerators, enqueues the kernels that
+  compute the rows and stacks them per device, without reading anything
+  back (the kernels run before the next step's in-place optimizer update:
+  same stream);
+* for CPU tensors, copies them (``clone``): the next optimizer step changes
+  the weights in place, and ``zero_grad`` may zero the gradients, so the
+  values of this step are kept as they are; a few hundred KB per step for
+  a small network.
+
+Both are handed to the run's background thread (``run.submit``), which
+copies the device rows to the host (that wait for the device blocks only
+the background thread; on CUDA the copy runs on the stream that computed
+them), bins the CPU copies, and writes the protobufs.  It cannot warn
+itself (``warnings.warn`` in another thread escapes ``catch_warnings`` and,
+under ``-W error``, becomes an error of the task): it records the tensors
+with non-finite values, and the training thread warns at its next logging
+step, epoch end, or fit end (which waits for the plugin's tasks).  The next
+logging step with CPU tensors waits for the previous one's task, so at most
+one step's copies are held at a time.  Errors in the background task are
+reported as errors of the plugin; the run waits for every task before it
+closes the writer.
 
 Bins: ``bins`` equal-width buckets from the smallest to the largest finite
 value, the rule of ``torch.histc``: a value ``x`` goes to bucket
@@ -41,7 +64,9 @@ Empty tensors are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -266,6 +291,29 @@ def _unpack(row: Sequence[float], bins: int) -> DeviceHistogram:
     )
 
 
+def _stacked_rows(tensors: Sequence[torch.Tensor], bins: int) -> list[tuple[list[int], torch.Tensor]]:
+    """The rows (:func:`histogram_row`) of ``tensors``, stacked per device, on that device: nothing is read back.
+
+    Returns ``(indices, rows)`` per device: ``rows[k]`` is the row of
+    ``tensors[indices[k]]``, shape ``[len(indices), 6 + bins]``.  On CUDA and
+    other accelerators the work is only enqueued on the current stream, so
+    the training thread can call this on a logging step and leave the read
+    back (``rows.cpu().tolist()``, then :func:`_host_histograms`) to another
+    thread.  On the CPU the rows are computed here, at once.
+    """
+    rows = [histogram_row(t, bins) for t in tensors]
+    by_device: dict[torch.device, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_device.setdefault(row.device, []).append(index)
+    return [(indices, torch.stack([rows[i] for i in indices])) for indices in by_device.values()]
+
+
+def _host_histograms(rows: Sequence[Sequence[float]], bins: int) -> list[DeviceHistogram]:
+    """:class:`DeviceHistogram` of each row, once read back: ``rows`` is ``stacked.cpu().tolist()``
+    of a stack from :func:`_stacked_rows` (or any list of host rows)."""
+    return [_unpack(row, bins) for row in rows]
+
+
 def device_histograms(tensors: Iterable[torch.Tensor], bins: int = 64) -> list[DeviceHistogram]:
     """Histograms of ``tensors``, computed on their devices, with one copy to the host per device.
 
@@ -273,17 +321,12 @@ def device_histograms(tensors: Iterable[torch.Tensor], bins: int = 64) -> list[D
     :func:`device_histogram`.  Every tensor must be non-empty.
     """
     bins = _check_bins(bins)
-    rows = [histogram_row(t, bins) for t in tensors]
-    by_device: dict[torch.device, list[int]] = {}
-    for index, row in enumerate(rows):
-        by_device.setdefault(row.device, []).append(index)
-    host: list[list[float]] = [[] for _ in rows]
-    for indices in by_device.values():
+    tensors = list(tensors)
+    found: dict[int, DeviceHistogram] = {}
+    for indices, rows in _stacked_rows(tensors, bins):
         # The one synchronisation: every row of this device in one copy.
-        values = torch.stack([rows[i] for i in indices]).cpu().tolist()
-        for i, value in zip(indices, values, strict=True):
-            host[i] = value
-    return [_unpack(row, bins) for row in host]
+        found.update(zip(indices, _host_histograms(rows.cpu().tolist(), bins), strict=True))
+    return [found[i] for i in range(len(tensors))]
 
 
 def device_histogram(tensor: torch.Tensor, bins: int = 64) -> DeviceHistogram:
@@ -320,6 +363,13 @@ def _check_activations(value: object) -> str | tuple[str, ...]:
     return tuple(value)
 
 
+def _copied(tensor: torch.Tensor) -> bool:
+    """Whether the plugin copies ``tensor`` at the logging step and bins the copy on the background
+    thread (CPU tensors), rather than enqueueing its row's kernels on the training thread and reading
+    the row back on the background thread (CUDA and other accelerators)."""
+    return tensor.device.type == "cpu"
+
+
 def write_histogram(writer: SummaryWriter, tag: str, hist: DeviceHistogram, step: int) -> None:
     """Write ``hist`` (from :func:`device_histogram`) as histogram ``tag`` at ``step``, from host numbers only."""
     writer.add_histogram_raw(
@@ -341,7 +391,10 @@ class Histograms:
     When: ``on_batch_end`` of every step that is a multiple of
     ``every_n_steps`` (so a run shorter than ``every_n_steps`` steps logs
     none), on rank 0; other steps return at once.  Activations are captured
-    by module hooks the core attaches on those steps only.
+    by module hooks the core attaches on those steps only.  The values are
+    those of that step; they are binned (CPU) or read back (accelerators)
+    and written on the run's background thread, all before the run closes
+    (see the module's "How the work is split").
 
     Where: HISTOGRAMS and DISTRIBUTIONS dashboards, tags ``weights/<parameter>``,
     ``grads/<parameter>``, ``activations/<module>``.
@@ -372,6 +425,11 @@ class Histograms:
         self.activations = _check_activations(activations)
         self.bins = check_int("Histograms", "bins", bins, minimum=1)
         self._modules: tuple[str, ...] = ()
+        # Shared with the background thread, under ``_idle``: the number of submitted tasks
+        # not yet finished, and (step, tensors) of each step found with NaN/inf values.
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._flagged: list[tuple[int, list[str]]] = []
 
     @hookimpl
     def on_capture_request(self, run: Run) -> list[Capture]:
@@ -398,9 +456,16 @@ class Histograms:
         return step % self.every_n_steps == 0
 
     @hookimpl
+    def on_fit_start(self) -> None:
+        # A plugin object may serve several runs: each one gets its own warning.
+        with self._idle:
+            self._flagged = []
+
+    @hookimpl
     def on_batch_end(self, run: Run, step: int, captured: Mapping[str, torch.Tensor]) -> None:
         if step % self.every_n_steps or not run.is_writer:
             return
+        self._warn_nonfinite(run)  # what earlier steps' background tasks found
         tagged: list[tuple[str, torch.Tensor]] = []
         parameters = list(run.model.named_parameters())
         if self.weights:
@@ -419,24 +484,110 @@ class Histograms:
         ]
         if not tagged:
             return
+        on_cpu = [i for i, (_, t) in enumerate(tagged) if _copied(t)]
+        on_device = [i for i, (_, t) in enumerate(tagged) if not _copied(t)]
+        if on_cpu:
+            # At most one step's snapshots wait for the background thread at a time: with a
+            # large CPU model a second copy of every weight is the most this plugin holds.
+            self._wait_idle()
         with torch.no_grad():
-            results = device_histograms([t for _, t in tagged], self.bins)
-        flagged = [
-            f"{tag} ({hist.nonfinite} of {hist.num + hist.nonfinite})"
-            for (tag, _), hist in zip(tagged, results, strict=True)
-            if hist.nonfinite
-        ]
-        if flagged:
-            more = f" and {len(flagged) - 3} more" if len(flagged) > 3 else ""
-            run.warn_once(
-                "histograms:nonfinite",
-                f"tbhooks: histograms at step {step}: NaN/inf values in {', '.join(flagged[:3])}{more}; "
-                f"they are left out of the histograms (a tensor with no finite value is not written)",
-            )
-        run.submit(self._write, run, [tag for tag, _ in tagged], results, step)
+            # CPU: the optimizer's next step changes the weights in place (and zero_grad the
+            # gradients), so the values of this step are copied now and binned in the background.
+            snapshots = [tagged[i][1].detach().clone() for i in on_cpu]
+            # Accelerators: the rows are computed here, enqueued on the current stream ahead of
+            # any later in-place update; only the read back is left to the background thread.
+            rows = _stacked_rows([tagged[i][1] for i in on_device], self.bins)
+        streams = [torch.cuda.current_stream(r.device) if r.device.type == "cuda" else None for _, r in rows]
+        with self._idle:
+            self._pending += 1
+        try:
+            run.submit(self._write, run, step, [tag for tag, _ in tagged], on_cpu, snapshots, on_device, rows, streams)
+        except BaseException:
+            self._task_done()
+            raise
 
-    def _write(self, run: Run, tags: list[str], results: list[DeviceHistogram], step: int) -> None:
-        """Runs on the background thread: the protobufs, from host numbers only."""
-        for tag, hist in zip(tags, results, strict=True):
-            if hist.num:
-                write_histogram(run.writer, tag, hist, step)
+    @hookimpl
+    def on_epoch_end(self, run: Run) -> None:
+        self._warn_nonfinite(run)
+
+    @hookimpl
+    def on_fit_end(self, run: Run) -> None:
+        # The run closes next: every step's histograms are binned by then, so the warning
+        # (if any) is given here, on the training thread, before the run ends.
+        self._wait_idle()
+        self._warn_nonfinite(run)
+
+    @hookimpl
+    def on_exception(self, run: Run) -> None:
+        self._wait_idle()
+        self._warn_nonfinite(run)
+
+    def _write(
+        self,
+        run: Run,
+        step: int,
+        tags: list[str],
+        on_cpu: list[int],
+        snapshots: list[torch.Tensor],
+        on_device: list[int],
+        rows: list[tuple[list[int], torch.Tensor]],
+        streams: list[torch.cuda.Stream | None],
+    ) -> None:
+        """Runs on the background thread: reads back or computes the rows, then writes the protobufs.
+
+        Reading back device rows waits for the device here, never on the
+        training thread; the copy runs on the stream that computed them.
+        Tensors with non-finite values are recorded for the training thread
+        to warn about (``warnings.warn`` from this thread would escape
+        ``catch_warnings`` and turn into a background error under
+        ``-W error``).
+        """
+        try:
+            results: list[DeviceHistogram | None] = [None] * len(tags)
+            with torch.no_grad():  # grad mode is per thread
+                for (indices, stacked), stream in zip(rows, streams, strict=True):
+                    # The copy waits for the kernels that compute the rows: it runs on their stream.
+                    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                        host = stacked.cpu().tolist()
+                    for i, hist in zip(indices, _host_histograms(host, self.bins), strict=True):
+                        results[on_device[i]] = hist
+                if snapshots:
+                    for i, hist in zip(on_cpu, device_histograms(snapshots, self.bins), strict=True):
+                        results[i] = hist
+            flagged = [
+                f"{tag} ({hist.nonfinite} of {hist.num + hist.nonfinite})"
+                for tag, hist in zip(tags, results, strict=True)
+                if hist is not None and hist.nonfinite
+            ]
+            if flagged:
+                with self._idle:
+                    self._flagged.append((step, flagged))
+            for tag, hist in zip(tags, results, strict=True):
+                if hist is not None and hist.num:
+                    write_histogram(run.writer, tag, hist, step)
+        finally:
+            self._task_done()
+
+    def _task_done(self) -> None:
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
+
+    def _wait_idle(self) -> None:
+        """Block until every task this plugin submitted has run (normally they have, long since)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending == 0)
+
+    def _warn_nonfinite(self, run: Run) -> None:
+        """On the training thread: warn (once per run) about the first step found with NaN/inf values."""
+        with self._idle:
+            found, self._flagged = self._flagged, []
+        if not found:
+            return
+        step, flagged = found[0]
+        more = f" and {len(flagged) - 3} more" if len(flagged) > 3 else ""
+        run.warn_once(
+            "histograms:nonfinite",
+            f"tbhooks: histograms at step {step}: NaN/inf values in {', '.join(flagged[:3])}{more}; "
+            f"they are left out of the histograms (a tensor with no finite value is not written)",
+        )

@@ -62,34 +62,30 @@ class Images:
         self.std = check_floats("Images", "std", std, positive=True)
         self.nrow = check_int("Images", "nrow", nrow, minimum=1)
         self._started = False
-        self._last: Any = None
 
     def _due(self, epoch: int) -> bool:
         return self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
 
     def batch_end_due(self, step: int) -> bool:
-        """The core's fast path: needed on the first batch, and on every batch when epoch grids are on."""
-        return not self._started or self.every_n_epochs > 0
+        """The core's fast path: only the first batch of a fit is needed (epoch grids use ``run.last_inputs``)."""
+        return not self._started
 
     @hookimpl
     def on_fit_start(self) -> None:
         self._started = False
-        self._last = None
 
     @hookimpl
-    def on_batch_end(self, run: Run, step: int, epoch: int, inputs: Any) -> None:
-        if not run.is_writer:
+    def on_batch_end(self, run: Run, step: int, inputs: Any) -> None:
+        if self._started:
             return
-        if not self._started:
-            self._started = True
+        self._started = True
+        if run.is_writer:
             self._log(run, inputs, step)
-        if self._due(epoch):
-            # A reference only: no copy and no sync on the steps that do not log.
-            self._last = inputs
 
     @hookimpl
     def on_epoch_end(self, run: Run, step: int, epoch: int) -> None:
-        last, self._last = self._last, None
+        # The core keeps a reference to the latest batch: no copy and no sync on the steps that do not log.
+        last = run.last_inputs
         if run.is_writer and last is not None and self._due(epoch):
             self._log(run, last, step)
 

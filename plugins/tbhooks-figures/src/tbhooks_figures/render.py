@@ -27,6 +27,17 @@ _NAME_CHARS = 24
 """Class names longer than this are cut (with an ellipsis) on the axes of the confusion matrix."""
 
 
+def tbhooks_warm_up() -> None:
+    """Draw both figures once, tiny, when the render worker starts (it calls this after the import).
+
+    A process's first matplotlib figure loads fonts and fills caches, which
+    costs more than the figure itself; done here, it overlaps with training
+    instead of delaying the first evaluation's figures (and a short run's close).
+    """
+    render_confusion_matrix(np.eye(2, dtype=np.int64), ["a", "b"], dpi=20)
+    render_predictions(np.zeros((1, 1, 4, 4), dtype=np.float32), [("a\n(b)", "green")], dpi=20)
+
+
 def _pixels(figure: Figure) -> np.ndarray:
     """Draw ``figure`` with an Agg canvas and return a copy of its RGB pixels."""
     canvas = FigureCanvasAgg(figure)
