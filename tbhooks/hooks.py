@@ -194,7 +194,6 @@ class Hooks:
         self.run.stop_on_nonfinite = stop_on_nonfinite
         self._capturer = Capturer(self.model)
         self._attached = False
-        self._epoch_batches = 0
         self._batch_end_checks: list[Callable[[int], bool]] | None = None
         # The per-step fast path compares the step with these two integers and does nothing
         # else: no capture request is due before _next_capture, and no plugin's
@@ -295,7 +294,6 @@ class Hooks:
         self.batch_idx = 0
         self.run.train_losses.reset()
         self.run.last_inputs = None
-        self._epoch_batches = 0
         for name in self._host.overhead:
             self._host.overhead[name] = 0.0
         self._host.hook.on_epoch_start(run=self.run, step=self.step, epoch=self.epoch)
@@ -338,28 +336,27 @@ class Hooks:
             loss = loss.detach()
             # Kept on the device: means are read back only on steps that log.
             run.train_losses.add(loss)
-        self._epoch_batches += 1
-        if not captured and step < self._next_dispatch:
-            self.batch_idx += 1
-            return
-        checks = self._batch_end_checks
-        if not captured and checks is not None and not any(due(step) for due in checks):
-            self._next_dispatch = self._find_next_dispatch(step + 1)
-            self.batch_idx += 1
-            return
+        index = self.batch_idx
+        self.batch_idx = index + 1
+        if not captured:
+            if step < self._next_dispatch:
+                return
+            checks = self._batch_end_checks
+            if checks is not None and not any(due(step) for due in checks):
+                self._next_dispatch = self._find_next_dispatch(step + 1)
+                return
         prediction = select_output(outputs, self.output).detach()
         self._host.hook.on_batch_end(
-            run=self.run,
-            step=self.step,
+            run=run,
+            step=step,
             epoch=self.epoch,
-            batch_idx=self.batch_idx,
+            batch_idx=index,
             inputs=inputs,
             targets=targets,
             outputs=prediction,
             loss=loss,
             captured=captured,
         )
-        self.batch_idx += 1
 
     def epoch_end(self) -> dict[str, float]:
         """Fire ``on_epoch_end`` with the epoch's mean training loss, then flush."""
@@ -372,11 +369,9 @@ class Hooks:
             metrics["loss"] = float(sums[0] / sums[1])
             self.check_finite("train/epoch_loss", metrics["loss"])
         self._host.hook.on_epoch_end(run=self.run, step=self.step, epoch=self.epoch, metrics=metrics)
-        if self._measure and self._epoch_batches:
+        if self._measure and self.batch_idx:
             for name, seconds in self._host.overhead.items():
-                self.run.writer.add_scalar(
-                    f"tbhooks/overhead_ms/{name}", seconds * 1000 / self._epoch_batches, self.step
-                )
+                self.run.writer.add_scalar(f"tbhooks/overhead_ms/{name}", seconds * 1000 / self.batch_idx, self.step)
         self._next_epoch = self.epoch + 1
         self._next_dispatch = 0
         self.flush()

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
 
+_PAIRS = (tuple, list)
+
+
 def move_to(obj: Any, device: torch.device) -> Any:
     """``obj`` with every tensor inside tuples, lists and dicts moved to ``device``."""
     if isinstance(obj, torch.Tensor):
@@ -300,20 +303,35 @@ class Trainer:
         model.train()
         hooks.epoch_start()
         seen = 0
-        for batch in self._batches(loader, show, f"epoch {hooks.epoch}"):
-            inputs, targets = split_batch(batch)
-            inputs, targets = move_to(inputs, self.device), move_to(targets, self.device)
-            hooks.batch_start()
-            outputs = call_model(model, inputs)
-            loss = self.loss_fn(select_output(outputs, self.output), targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            hooks.batch_end(inputs, targets, outputs, loss)
-            self.step = hooks.step
-            seen += 1
-            if hooks.should_stop:
-                break
+        # The loop body runs once per step between cold caches: every call it can skip is a
+        # microsecond or two.  So the common case (a pair of tensors already on the device, a
+        # tensor output) takes no helper call; anything else goes through the helpers.
+        device, run, loss_fn, optimizer = self.device, hooks.run, self.loss_fn, self.optimizer
+        plain = self.output is None
+        try:
+            for batch in self._batches(loader, show, f"epoch {hooks.epoch}"):
+                if type(batch) in _PAIRS and len(batch) == 2:
+                    inputs, targets = batch
+                else:
+                    inputs, targets = split_batch(batch)
+                if not (type(inputs) is torch.Tensor and inputs.device == device):
+                    inputs = move_to(inputs, device)
+                if not (type(targets) is torch.Tensor and targets.device == device):
+                    targets = move_to(targets, device)
+                hooks.batch_start()
+                outputs = model(inputs) if type(inputs) is torch.Tensor else call_model(model, inputs)
+                loss = loss_fn(
+                    outputs if plain and type(outputs) is torch.Tensor else select_output(outputs, self.output), targets
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                hooks.batch_end(inputs, targets, outputs, loss)
+                seen += 1
+                if run.stop_reason is not None:
+                    break
+        finally:
+            self.step = hooks.step  # also when the loop stops on an exception: state_dict() resumes from here
         if seen == 0:
             hooks.run.warn_once("empty-train", "tbhooks: the training loader yielded no batch (empty loader?)")
         hooks.epoch_end()

@@ -34,8 +34,10 @@ def tbhooks_warm_up() -> None:
     costs more than the figure itself; done here, it overlaps with training
     instead of delaying the first evaluation's figures (and a short run's close).
     """
-    render_confusion_matrix(np.eye(2, dtype=np.int64), ["a", "b"], dpi=20)
-    render_predictions(np.zeros((1, 1, 4, 4), dtype=np.float32), [("a\n(b)", "green")], dpi=20)
+    # At the plugin's default size: glyphs are cached per font size and resolution.
+    names = [str(i) for i in range(10)]
+    render_confusion_matrix(np.arange(100, dtype=np.int64).reshape(10, 10), names, dpi=100)
+    render_predictions(np.zeros((8, 1, 28, 28), dtype=np.float32), [("0, 0.0%\n(label: 1)", "green")] * 8, dpi=100)
 
 
 def _pixels(figure: Figure) -> np.ndarray:
