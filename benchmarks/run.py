@@ -776,6 +776,26 @@ def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     return "met" if ok else "**missed**"
 
 
+def target_cells(ratio: float, target: float | None, low: float, high: float) -> tuple[str, str]:
+    """The "target" and "result" cells of a ratio row; "within noise" when the repetitions' ratios
+    (``low`` .. ``high``) fall on both sides of the target."""
+    if target is None:
+        return "—", "—"
+    met = verdict(ratio, target)
+    if low < target <= high:
+        met += " (within noise)"
+    return f">= {target:.2f}", met
+
+
+def rotations(items: list[Any], reps: int, label: str) -> Iterator[Any]:
+    """``items`` ``reps`` times over, each repetition starting one item later (interleaved and rotated,
+    so that a burst of load from other processes falls on every row alike)."""
+    for rep in range(reps):
+        shift = rep % len(items)
+        print(f"{label} {rep + 1}/{reps} (load average {loadavg()})", flush=True)
+        yield from items[shift:] + items[:shift]
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -820,12 +840,7 @@ def main_table(rows: list[Row], steps: int) -> tuple[list[list[str]], dict[str, 
         ratios[row.key] = ratio
         per_rep = [b / s for b, s in zip(bare.seconds, row.seconds, strict=True)]
         by_cpu = bare_cpu / statistics.median(row.cpu)
-        target = f">= {row.target:.2f}" if row.target is not None else "—"
-        met = "—"
-        if row.target is not None:
-            met = verdict(ratio, row.target)
-            if min(per_rep) < row.target <= max(per_rep):
-                met += " (within noise)"  # the repetitions fall on both sides of the target
+        target, met = target_cells(ratio, row.target, min(per_rep), max(per_rep))
         cold = f"{row.cold:.2f}" if row.cold is not None else "—"
         out.append(
             [
@@ -865,19 +880,15 @@ def run_rows(w: Workload, rows: list[Row], warmup: Workload) -> None:
     MEASURED_LOGDIRS.clear()
     ALL_LOGDIRS.clear()
     width = max(len(r.title) for r in active)
-    for rep in range(w.config.reps):
-        shift = rep % len(active)
-        order = active[shift:] + active[:shift]
-        print(f"repetition {rep + 1}/{w.config.reps} (load average {loadavg()})", flush=True)
-        for row in order:
-            gc.collect()
-            torch.set_num_threads(1)
-            started, cpu = time.perf_counter(), time.process_time()
-            row.fn(w)
-            elapsed = time.perf_counter() - started
-            row.cpu.append(time.process_time() - cpu)
-            row.seconds.append(elapsed)
-            print(f"  {row.title:<{width}}  {w.steps / elapsed:8.1f} steps/s", flush=True)
+    for row in rotations(active, w.config.reps, "repetition"):
+        gc.collect()
+        torch.set_num_threads(1)
+        started, cpu = time.perf_counter(), time.process_time()
+        row.fn(w)
+        elapsed = time.perf_counter() - started
+        row.cpu.append(time.process_time() - cpu)
+        row.seconds.append(elapsed)
+        print(f"  {row.title:<{width}}  {w.steps / elapsed:8.1f} steps/s", flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -950,24 +961,20 @@ def make_lock_rows(rows: list[Row]) -> list[LockRow]:
 
 def run_lockstep(w: Workload, rows: list[LockRow]) -> None:
     """Each row once per repetition with a :class:`Lockstep` loader; repetitions interleaved and rotated."""
-    for rep in range(w.config.lockstep_reps):
-        shift = rep % len(rows)
-        order = rows[shift:] + rows[:shift]
-        print(f"lockstep repetition {rep + 1}/{w.config.lockstep_reps} (load average {loadavg()})", flush=True)
-        for row in order:
-            gc.collect()
-            torch.set_num_threads(1)
-            paired = Lockstep(w)
-            started = time.perf_counter()
-            row.fn(replace(w, train=paired))  # type: ignore[arg-type]
-            elapsed = time.perf_counter() - started
-            if paired.steps != w.steps:
-                raise RuntimeError(f"lockstep: {row.title} took {paired.steps} batches, expected {w.steps}")
-            own = elapsed - paired.cpu
-            row.ratios.append(paired.cpu / own)
-            row.waits.append((paired.wall - paired.cpu) / paired.steps)
-            row.bare_steps.append(paired.cpu / paired.steps)
-            print(f"  {row.title:<48} ratio {paired.cpu / own:.3f}", flush=True)
+    for row in rotations(rows, w.config.lockstep_reps, "lockstep repetition"):
+        gc.collect()
+        torch.set_num_threads(1)
+        paired = Lockstep(w)
+        started = time.perf_counter()
+        row.fn(replace(w, train=paired))  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - started
+        if paired.steps != w.steps:
+            raise RuntimeError(f"lockstep: {row.title} took {paired.steps} batches, expected {w.steps}")
+        own = elapsed - paired.cpu
+        row.ratios.append(paired.cpu / own)
+        row.waits.append((paired.wall - paired.cpu) / paired.steps)
+        row.bare_steps.append(paired.cpu / paired.steps)
+        print(f"  {row.title:<48} ratio {paired.cpu / own:.3f}", flush=True)
 
 
 def lockstep_table(rows: list[LockRow]) -> list[list[str]]:
@@ -975,12 +982,7 @@ def lockstep_table(rows: list[LockRow]) -> list[list[str]]:
     for row in rows:
         ratio = statistics.median(row.ratios)
         low, high = min(row.ratios), max(row.ratios)
-        target = f">= {row.target:.2f}" if row.target is not None else "—"
-        met = "—"
-        if row.target is not None:
-            met = verdict(ratio, row.target)
-            if low < row.target <= high:
-                met += " (within noise)"
+        target, met = target_cells(ratio, row.target, low, high)
         out.append(
             [
                 row.title,

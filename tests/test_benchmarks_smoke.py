@@ -51,6 +51,17 @@ def _verdict_agrees(value: float, target: float, verdict: str, higher_is_better:
     assert verdict == ("met" if ok else "**missed**"), (value, target, verdict)
 
 
+def _target_agrees(ratio: float, low: float, high: float, target: str, verdict: str) -> None:
+    """A ratio row's result cell agrees with its ratio, its repetitions' range and its target."""
+    if target == "—":
+        assert verdict == "—"
+        return
+    goal = float(target.removeprefix(">= "))
+    _verdict_agrees(ratio, goal, verdict.removesuffix(" (within noise)"), higher_is_better=True)
+    # "within noise" exactly when the repetitions' ratios fall on both sides of the target.
+    assert verdict.endswith(" (within noise)") == (low < goal <= high), (verdict, low, high, goal)
+
+
 @pytest.mark.slow
 def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
@@ -81,13 +92,7 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
         slowest, fastest = (float(x) for x in rates.split("–"))
         assert slowest - 0.5 <= steps[title] <= fastest + 0.5  # the median lies in the range (rounded)
         assert float(by_cpu) > 0 and float(cold) > 0
-        if target == "—":
-            assert verdict == "—"
-        else:
-            goal = float(target.removeprefix(">= "))
-            _verdict_agrees(float(ratio), goal, verdict.removesuffix(" (within noise)"), higher_is_better=True)
-            # "within noise" exactly when the per-repetition ratios fall on both sides of the target.
-            assert verdict.endswith(" (within noise)") == (low < goal <= high), (verdict, spread, goal)
+        _target_agrees(float(ratio), low, high, target, verdict)
     bare = steps["bare loop"]
     for title, _, _, ratio, *_ in main:
         if title in steps:
@@ -114,12 +119,7 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
         assert 0 < low <= float(ratio) <= high
         assert float(bare_ms) > 0
         float(waiting)  # parses: may be slightly negative (the CPU clock ticks coarser than the wall clock)
-        if target == "—":
-            assert verdict == "—"
-        else:
-            goal = float(target.removeprefix(">= "))
-            _verdict_agrees(float(ratio), goal, verdict.removesuffix(" (within noise)"), higher_is_better=True)
-            assert verdict.endswith(" (within noise)") == (low < goal <= high), (verdict, spread, goal)
+        _target_agrees(float(ratio), low, high, target, verdict)
 
     micro = {r[0].split(":")[0].split(" (")[0]: r for r in _table(text, "measurement")}
     dispatch = micro["dispatch"]
