@@ -247,6 +247,16 @@ class MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def train_step(hooks: Hooks, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    hooks.batch_start()
+    out = model(x)
+    loss = nn.functional.cross_entropy(out, y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    hooks.batch_end(x, y, out, loss)
+
+
 def histogram(logdir: Path, tag: str) -> dict[int, object]:
     """step -> HistogramValue of ``tag`` as TensorBoard reads it."""
     return {event.step: event.histogram_value for event in read_events(logdir).histograms[tag]}
@@ -280,13 +290,7 @@ def test_weights_grads_and_activations_match_histc(tmp_path: Path) -> None:
     ) as hooks:
         hooks.epoch_start()
         for x, y in data:
-            hooks.batch_start()
-            out = model(x)
-            loss = nn.functional.cross_entropy(out, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            hooks.batch_end(x, y, out, loss)
+            train_step(hooks, model, optimizer, x, y)
             snapshot = {f"weights/{n}": p.detach().clone() for n, p in model.named_parameters()}
             snapshot |= {f"grads/{n}": p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
             snapshot["activations/fc1"] = fc1_outputs[-1]
@@ -392,16 +396,6 @@ def background_held(hooks: Hooks) -> Iterator[None]:
         yield
     finally:
         release.set()
-
-
-def train_step(hooks: Hooks, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
-    hooks.batch_start()
-    out = model(x)
-    loss = nn.functional.cross_entropy(out, y)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    hooks.batch_end(x, y, out, loss)
 
 
 def test_cpu_values_of_the_logging_step_are_logged_although_they_change_in_place_after(tmp_path: Path) -> None:
