@@ -647,19 +647,38 @@ def figure_thread_ms(w: Workload, cycles: int, steps_between: int, *, figures: b
     hooks.close()
     closing = clock() - started
     if not figures:
-        return {"contention_ms_per_cycle": contention / cycles * 1e3}
+        return {
+            "contention_ms_per_cycle": contention / cycles * 1e3,
+            "plain_in_calls_ms": in_calls * 1e3,
+            "plain_close_ms": closing * 1e3,
+        }
     events = read_events(logdir)
     written = sum(len(v) for t, v in events.images.items() if t.startswith("figures/")) - written_before
     if written <= 0:
         return {"skipped": "the figures plugin wrote no figure"}
     per = 1e3 / written
     return {
-        "ms_per_figure": (in_calls + closing) * per,
-        "in_calls_ms": in_calls * per,
+        "in_calls_ms": in_calls * 1e3,
+        "close_ms": closing * 1e3,
         "contention_ms": contention * per,
-        "close_ms": closing * per,
         "own_ms_per_figure": own * per,
         "figures": written,
+    }
+
+
+def figure_costs(with_plugin: dict[str, Any], without: dict[str, Any]) -> dict[str, Any]:
+    """Per figure, what the plugin adds to the training thread: the evaluation calls and the close of the
+    run with the figures plugin, less those of the same run without it (tbhooks' own evaluation work:
+    metrics, dispatch; closing the writer), divided by the figures written."""
+    figures = with_plugin["figures"]
+    calls = (with_plugin["in_calls_ms"] - without["plain_in_calls_ms"]) / figures
+    close = (with_plugin["close_ms"] - without["plain_close_ms"]) / figures
+    return {
+        **with_plugin,
+        **without,
+        "calls_ms_per_figure": calls,
+        "close_ms_per_figure": close,
+        "ms_per_figure": calls + close,
     }
 
 
@@ -948,6 +967,8 @@ class LockRow:
     ratios: list[float] = field(default_factory=list)  # bare steps' CPU time / the row's own time, per run
     waits: list[float] = field(default_factory=list)  # the bare steps' wall - CPU time per step (s), per run
     bare_steps: list[float] = field(default_factory=list)  # the bare steps' mean CPU time (s), per run
+    runs: list[tuple[float, float, int]] = field(default_factory=list)  # (bare CPU, row's own time, steps), per run
+    corrected: list[float] = field(default_factory=list)  # ratios with the control's excess taken out, per run
 
 
 def make_lock_rows(rows: list[Row]) -> list[LockRow]:
@@ -971,21 +992,41 @@ def run_lockstep(w: Workload, rows: list[LockRow]) -> None:
         if paired.steps != w.steps:
             raise RuntimeError(f"lockstep: {row.title} took {paired.steps} batches, expected {w.steps}")
         own = elapsed - paired.cpu
+        row.runs.append((paired.cpu, own, paired.steps))
         row.ratios.append(paired.cpu / own)
         row.waits.append((paired.wall - paired.cpu) / paired.steps)
         row.bare_steps.append(paired.cpu / paired.steps)
         print(f"  {row.title:<48} ratio {paired.cpu / own:.3f}", flush=True)
 
 
+def correct_by_control(rows: list[LockRow]) -> float:
+    """Take the method's own cost out of every row's ratios; returns that cost, seconds per step.
+
+    The control (the bare loop against itself) should score 1 and scores
+    a little less: the lockstep loader, and the row's own data fetching,
+    take the same time per step in every row and are charged to the row.
+    That time is the control's own time less its bare steps' CPU time, per
+    step (median over the control's runs); it is subtracted from every
+    row's own time, so that the control's corrected ratio is about 1 and
+    each row's corrected ratio counts what the row adds over a bare loop.
+    """
+    control = next(row for row in rows if row.key == "bare")
+    excess = statistics.median((own - cpu) / steps for cpu, own, steps in control.runs)
+    for row in rows:
+        row.corrected = [cpu / (own - excess * steps) for cpu, own, steps in row.runs]
+    return excess
+
+
 def lockstep_table(rows: list[LockRow]) -> list[list[str]]:
     out = []
     for row in rows:
-        ratio = statistics.median(row.ratios)
-        low, high = min(row.ratios), max(row.ratios)
+        ratio = statistics.median(row.corrected)
+        low, high = min(row.corrected), max(row.corrected)
         target, met = target_cells(ratio, row.target, low, high)
         out.append(
             [
                 row.title,
+                f"{statistics.median(row.ratios):.3f}",
                 f"{ratio:.3f}",
                 f"{low:.3f}–{high:.3f}",
                 f"{statistics.median(row.bare_steps) * 1e3:.2f}",
@@ -999,8 +1040,9 @@ def lockstep_table(rows: list[LockRow]) -> list[list[str]]:
 
 LOCK_HEADER = [
     "row (in lockstep with a bare loop)",
-    "ratio to bare (median)",
-    "per-run range",
+    "ratio to bare, as measured (median)",
+    "ratio to bare, control taken out (median)",
+    "per-run range (control taken out)",
     "bare step, CPU (ms)",
     "bare step waiting (us)",
     "target",
@@ -1044,8 +1086,9 @@ def main(argv: list[str] | None = None) -> int:
 
         lock_rows = make_lock_rows(rows)
         run_lockstep(w, lock_rows)
+        lock_excess = correct_by_control(lock_rows)
         lock_body = lockstep_table(lock_rows)
-        lock_ratios = {r.key: statistics.median(r.ratios) for r in lock_rows}
+        lock_ratios = {r.key: statistics.median(r.corrected) for r in lock_rows}
         body, ratios = main_table(rows, w.steps)
         header = [
             "row",
@@ -1076,7 +1119,7 @@ def main(argv: list[str] | None = None) -> int:
         inline_ms = inline_figure_ms(w, config.figure_calls)
         fig = figure_thread_ms(w, config.figure_cycles, config.figure_steps)
         if "skipped" not in fig:
-            fig.update(figure_thread_ms(w, config.figure_cycles, config.figure_steps, figures=False))
+            fig = figure_costs(fig, figure_thread_ms(w, config.figure_cycles, config.figure_steps, figures=False))
         print(f"  figure: inline {inline_ms:.1f} ms; figures plugin {fig}", flush=True)
         runs: dict[str, list[dict[str, float]]] = {"tbhooks default": [], "tbhooks all": []}
         for _ in range(config.thread_reps):
@@ -1095,6 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
         header=header,
         lock_body=lock_body,
         lock_ratios=lock_ratios,
+        lock_excess=lock_excess,
         ratios=ratios,
         rows=rows,
         disp=disp,
@@ -1126,13 +1170,16 @@ def quote_in_readme(report: str, readme: Path) -> None:
         print(f"{readme}: no benchmark markers; not quoted")
         return
     tables = []
-    for heading in ("## Overhead", "## Microbenchmarks"):
+    for heading in ("## Overhead", "### The same rows in lockstep", "## Microbenchmarks"):
         section = report.split(heading, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
         tables.append("\n".join(line for line in section.splitlines() if line.startswith("|")))
     date = next((line.split(": ", 1)[1] for line in report.splitlines() if line.startswith("- date: ")), "?")
     quoted = (
         f"{README_START}\nFrom `make bench` of {date} (the machine and how it was measured: "
-        f"[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):\n\n{tables[0]}\n\n{tables[1]}\n{README_END}"
+        f"[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):\n\n{tables[0]}\n\n"
+        "The same rows in lockstep with a bare loop (each row's steps alternate with a bare loop's in one run; "
+        f"see RESULTS.md):\n\n{tables[1]}\n\n"
+        f"{tables[2]}\n{README_END}"
     )
     start, end = text.index(README_START), text.index(README_END) + len(README_END)
     readme.write_text(text[:start] + quoted + text[end:])
@@ -1147,6 +1194,7 @@ def render(
     header: list[str],
     lock_body: list[list[str]],
     lock_ratios: dict[str, float],
+    lock_excess: float,
     ratios: dict[str, float],
     rows: list[Row],
     disp: dict[str, float],
@@ -1206,7 +1254,12 @@ def render(
         "bare steps' CPU time / the row's own time (the run's wall time, from creating the logger to closing "
         "it, minus the bare steps' CPU time): time a bare step spends waiting (for the GIL held by the row's "
         "background threads, or the machine) is charged to the row; the 'waiting' column shows how much that "
-        "was per bare step. The bare loop against itself is the control: its ratio shows the method's own bias."
+        "was per bare step. The bare loop against itself is the control: it should score 1 and scores less, "
+        "because the lockstep loader and the row's own fetching of its batches take time that is charged to "
+        f"the row ({lock_excess * 1e6:.0f} us per step in this run: the control's own time less its bare steps' "
+        "CPU time, median over its runs). That time is the same in every row, so it is taken out of every "
+        "row's own time; the targets apply to the ratio with the control taken out, and the ratio as measured "
+        "is shown next to it."
     )
     say()
     say(table(LOCK_HEADER, lock_body))
@@ -1255,8 +1308,11 @@ def render(
         micro.append(
             [
                 f"figures plugin, training-thread time per figure ({fig['figures']} figures, one evaluation every "
-                f"{config.figure_steps} steps): in tbhooks' evaluation calls {fig['in_calls_ms']:.2f} ms + close "
-                f"{fig['close_ms']:.2f} ms. Not time the thread spends, so not added: training steps slowed while "
+                f"{config.figure_steps} steps): in tbhooks' evaluation calls {fig['calls_ms_per_figure']:.2f} ms "
+                f"+ in close {fig['close_ms_per_figure']:.2f} ms, each over the same run without the plugin "
+                f"(evaluation calls {fig['in_calls_ms']:.1f} ms with it, {fig['plain_in_calls_ms']:.1f} ms "
+                f"without; close {fig['close_ms']:.1f} ms with, {fig['plain_close_ms']:.1f} ms without). "
+                "Not time the thread spends, so not added: training steps slowed while "
                 f"the worker process draws, {fig['contention_ms']:.1f} ms per figure by the half-cycle estimate, "
                 f"whose noise floor (the same run without the plugin) is {fig['contention_ms_per_cycle']:.1f} ms "
                 "per evaluation cycle",
@@ -1406,9 +1462,10 @@ def render(
         "'tensorflow' bins) vs `device_histogram` (torch) + `add_histogram_raw`, both to one writer on a "
         "temporary log directory.",
         f"Figure time: one hand-written run with the figures plugin alone, {config.figure_cycles} cycles of an "
-        f"evaluation followed by {config.figure_steps} training steps, then close. The training thread's time "
-        "per figure is tbhooks' evaluation calls plus the whole close (it waits for drawing left), divided by "
-        "the figures written. The figures are drawn in the render worker process, which holds no lock the "
+        f"evaluation followed by {config.figure_steps} training steps, then close; and the same run without "
+        "the plugin. The training thread's time per figure is what the plugin adds to tbhooks' evaluation calls "
+        "and to the close (which waits for drawing left): the run with the plugin less the run without it, "
+        "divided by the figures written. The figures are drawn in the render worker process, which holds no lock the "
         "training thread needs; the slowdown of the training steps while it draws (another process on the "
         "other core: caches, memory) is estimated apart as the extra time of the first half of each cycle's "
         "training steps over the second half, next to the same estimate without the plugin (its noise floor).",

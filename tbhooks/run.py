@@ -102,13 +102,23 @@ def check_logdir(logdir: str | os.PathLike[str]) -> Path:
     return path
 
 
+MAX_QUEUE = 256
+"""Events the writer's queue holds before an ``add_*`` call waits for its thread (SummaryWriter's default
+is 10: a step's histograms, written from the background thread, would then make the training thread's
+next scalar wait for the disk)."""
+
+
 def open_writer(logdir: Path, *, rank: int, flush_secs: float, purge_step: int | None) -> SummaryWriter:
     """The run's one writer: a real ``SummaryWriter`` on rank 0, a :class:`NullWriter` elsewhere."""
     if rank != 0:
         return NullWriter(str(logdir))  # type: ignore[return-value]
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(log_dir=str(logdir), flush_secs=flush_secs, purge_step=purge_step)
+    from tbhooks._records import direct_records
+
+    writer = SummaryWriter(log_dir=str(logdir), max_queue=MAX_QUEUE, flush_secs=flush_secs, purge_step=purge_step)
+    direct_records(writer)
+    return writer
 
 
 class _Background:
@@ -301,6 +311,27 @@ class Run:
         if self._render is None:
             self._render = RenderProcess(fallback=self._background.submit)
         self._render.start(preload)
+
+    def warm_up_render(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        """Run ``fn(*args, **kwargs)`` once in the render worker and drop the image it returns.
+
+        For a plugin that knows in ``on_fit_start`` what it will draw (the
+        class names of a confusion matrix, say): a drawing function that
+        keeps templates in the worker builds them now, while training runs,
+        instead of in the first real image, which a short run's close waits
+        for.  ``fn`` and its arguments follow :meth:`render_image`'s rules;
+        an error in ``fn`` is not reported (the real call reports it), and
+        neither :meth:`drain` nor the run's close waits for a warm-up.  Does
+        nothing on ranks other than 0, or where images are drawn without a
+        worker process.
+        """
+        if not self.is_writer:
+            return
+        from tbhooks.render_worker import RenderProcess
+
+        if self._render is None:
+            self._render = RenderProcess(fallback=self._background.submit)
+        self._render.submit(fn, args, kwargs, tag="warm-up", step=self.step, writer=None)
 
     def stop_background(self) -> None:
         """Stop the render worker process and the background thread; the core calls it when the run closes.

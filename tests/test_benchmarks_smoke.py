@@ -114,9 +114,13 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
     assert [r[0] for r in lock] == [
         t + (" (control)" if t == "bare loop" else "") for t in ROWS if t in steps or t not in PEERS
     ]
-    for _title, ratio, spread, bare_ms, waiting, target, verdict in lock:
+    for title, measured, ratio, spread, bare_ms, waiting, target, verdict in lock:
         low, high = (float(x) for x in spread.split("–"))
         assert 0 < low <= float(ratio) <= high
+        assert float(measured) > 0
+        if title.endswith("(control)"):
+            # The control's own excess is what is taken out: its corrected ratio is 1 (one run in the quick mode).
+            assert float(ratio) == pytest.approx(1.0, abs=1e-3)
         assert float(bare_ms) > 0
         float(waiting)  # parses: may be slightly negative (the CPU clock ticks coarser than the wall clock)
         _target_agrees(float(ratio), low, high, target, verdict)
@@ -133,6 +137,11 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
     figure = next(r for name, r in micro.items() if name.startswith("figures plugin, training-thread"))
     if not figure[1].startswith("skipped"):
         _verdict_agrees(float(figure[1].split()[0]), 1.0, figure[3], higher_is_better=False)
+        # The result is the sum of its two parts, each the run with the plugin less the run without it.
+        calls, close = (
+            float(x) for x in re.search(r"calls (-?[\d.]+) ms \+ in close (-?[\d.]+) ms", figure[0]).groups()
+        )
+        assert float(figure[1].split()[0]) == pytest.approx(calls + close, abs=0.011)
     assert any(name.startswith("flush interval") for name in micro)
     assert any(name.startswith("`measure_overhead=True`") for name in micro)
     # The training-thread breakdown: both configurations, and its derived ratio agrees with its own columns.

@@ -21,6 +21,7 @@ import pytest
 import torch
 from _support import classification_data, loader, mlp
 from PIL import Image
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import image as torch_image_summary
@@ -102,11 +103,15 @@ def test_image_comes_back_as_the_event_add_image_writes(tmp_path):
 
 
 @pytest.mark.parametrize(("channels", "dataformats"), [(3, "HWC"), (4, "HWC"), (1, "HWC"), (0, "HW")])
-def test_summary_is_byte_for_byte_what_torch_add_image_builds(channels, dataformats):
+def test_summary_is_what_torch_add_image_builds_but_for_the_png_compression(channels, dataformats):
     pixels = expected_gradient(4, 6, channels, 5)
-    ours = image_summary(pixels, "tag")
-    theirs = torch_image_summary("tag", pixels, dataformats=dataformats).SerializeToString()
-    assert ours == theirs
+    (ours,) = Summary.FromString(image_summary(pixels, "tag")).value
+    (theirs,) = torch_image_summary("tag", pixels, dataformats=dataformats).value
+    assert ours.tag == theirs.tag
+    for field in ("height", "width", "colorspace"):
+        assert getattr(ours.image, field) == getattr(theirs.image, field)
+    mode = "RGBA" if channels == 4 else "RGB"
+    np.testing.assert_array_equal(decode(ours.image, mode), decode(theirs.image, mode))
 
 
 def test_drawn_in_another_process_that_does_not_import_torch(direct):
@@ -224,14 +229,56 @@ def test_close_waits_for_pending_renders_and_ends_the_worker(tmp_path):
         for step in (1, 2, 3):
             hooks.run.render_image("slow", step, helpers.flat, 40 * step, pause=0.3)
         worker = hooks.run._render._worker
-    # Leaving the block closed the run: every image is on disk, and the worker ended by itself
-    # (status 0: it was asked to stop, not killed); the reader thread reaps it.
+    # Leaving the block closed the run: every image is on disk; the worker then ends by itself
+    # (status 0: it was asked to stop, not killed) without close waiting for it; the reader thread reaps it.
     slow = read_events(tmp_path).images["slow"]
     assert [e.step for e in slow] == [1, 2, 3]
     assert [int(decode(e)[0, 0, 0]) for e in slow] == [40, 80, 120]
-    assert worker.finished.is_set()
+    assert worker.finished.wait(WAIT)
     worker._reader.join(WAIT)
     assert worker.process.returncode == 0
+
+
+def test_close_does_not_wait_for_the_worker_to_exit_and_one_that_does_not_is_killed(direct, monkeypatch):
+    renderer, _, _ = direct
+    monkeypatch.setattr(renderer, "stop_timeout", 2.0)
+    renderer.start(["_render_hang"])  # its warm-up sleeps: the worker never reads the request to exit
+    worker = renderer._worker
+    assert worker.started.wait(WAIT)
+    renderer.close()
+    # Nothing was pending, so close returned at once, not after the worker's exit.
+    assert worker.process.poll() is None
+    # After stop_timeout the watchdog kills it; the reader thread reaps it.
+    assert worker.finished.wait(WAIT)
+    worker._reader.join(WAIT)
+    assert worker.process.returncode == -signal.SIGKILL
+
+
+def test_a_warm_up_runs_in_the_worker_and_writes_and_reports_nothing(tmp_path):
+    marker = tmp_path / "warmed"
+    with tbhooks.attach(mlp(), logdir=tmp_path / "run", disable=BUILTIN_PLUGINS, autoload=False) as hooks:
+        hooks.run.warm_up_render(helpers.mark, str(marker))
+        hooks.run.warm_up_render(helpers.fail, "a warm-up that fails")
+        hooks.run.render_image("real", 1, helpers.flat, 50)
+        assert hooks.run.drain() == []  # the failed warm-up is not an error of anyone's
+        worker = hooks.run._render.pid
+    assert int(marker.read_text()) == worker != os.getpid()
+    assert list(read_events(tmp_path / "run").images) == ["real"]
+
+
+def test_close_does_not_wait_for_warm_ups(direct, monkeypatch):
+    renderer, _, _ = direct
+    monkeypatch.setattr(renderer, "stop_timeout", 2.0)
+    renderer.submit(helpers.flat, (7,), {"pause": 600}, tag="warm-up", step=0, writer=None)
+    worker = renderer._worker
+    assert renderer.drain(WAIT)  # at once: only a warm-up is pending
+    renderer.close()
+    assert worker.started.wait(WAIT)
+    assert worker.process.poll() is None  # still in the warm-up's drawing
+    # The worker never gets to the request to exit: the watchdog kills it.
+    assert worker.finished.wait(WAIT)
+    worker._reader.join(WAIT)
+    assert worker.process.returncode == -signal.SIGKILL
 
 
 def test_a_killed_worker_is_an_error_report_not_a_hang_and_the_next_render_restarts_it(direct):

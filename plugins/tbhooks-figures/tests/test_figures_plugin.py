@@ -229,6 +229,47 @@ def test_rendering_runs_in_the_render_worker_process(tmp_path, monkeypatch):
     }
 
 
+def test_fit_start_warms_the_worker_up_with_this_runs_layouts_and_writes_nothing(tmp_path, monkeypatch):
+    # Warm-ups and drawings alike leave the drawing process's pid in a file; warm-ups are also listed here.
+    drawn_by = tmp_path / "pids"
+    drawn_by.mkdir()
+    warmed = []
+    render_image, warm_up_render = tbhooks.Run.render_image, tbhooks.Run.warm_up_render
+
+    def drawing(self, tag, step, fn, /, *args, **kwargs):
+        path = drawn_by / tag.replace("/", "_")
+        render_image(self, tag, step, _figures_helpers.record_pid, str(path), fn, *args, **kwargs)
+
+    def warming(self, fn, /, *args, **kwargs):
+        warmed.append((fn.__name__, args))
+        warm_up_render(self, _figures_helpers.record_pid, str(drawn_by / f"warm_{fn.__name__}"), fn, *args, **kwargs)
+
+    monkeypatch.setattr(tbhooks.Run, "render_image", drawing)
+    monkeypatch.setattr(tbhooks.Run, "warm_up_render", warming)
+    logdir = tmp_path / "run"
+    fit(logdir, epochs=1, plugin=Figures(num_images=2))
+    # The matrix with the run's class names; the predictions at this plugin's size (2 images, not the
+    # default 8 that the worker's own warm-up draws).
+    assert [name for name, _ in warmed] == ["draw_confusion_matrix", "draw_predictions"]
+    counts, names, dpi = warmed[0][1]
+    assert names == NAMES and counts.shape == (len(NAMES), len(NAMES)) and not counts.any() and dpi == 100
+    images, titles, _ = warmed[1][1]
+    assert images.shape[0] == len(titles) == 2
+    pids = {path.name: int(path.read_text()) for path in drawn_by.iterdir()}
+    assert set(pids) == {
+        "warm_draw_confusion_matrix",
+        "warm_draw_predictions",
+        CONFUSION_TAG.replace("/", "_"),
+        PREDICTIONS_TAG.replace("/", "_"),
+    }
+    assert len(set(pids.values())) == 1 and os.getpid() not in pids.values()  # all in the run's one worker
+    # The warm-ups' images are dropped: only the evaluation's two figures are in the log.
+    assert {tag: len(events) for tag, events in read_events(logdir).images.items()} == {
+        CONFUSION_TAG: 1,
+        PREDICTIONS_TAG: 1,
+    }
+
+
 # ---------------------------------------------------------------------------
 # inputs the plugin cannot draw
 # ---------------------------------------------------------------------------

@@ -6,12 +6,16 @@ import gc
 import io
 import os
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
+from tbhooks_figures import render
 from tbhooks_figures.plugin import confusion_counts, image_batch, prediction_titles
-from tbhooks_figures.render import render_confusion_matrix, render_predictions
+from tbhooks_figures.render import clear_templates, render_confusion_matrix, render_predictions
 
 GREEN = (0, 128, 0)  # matplotlib's "green"
 RED = (255, 0, 0)  # matplotlib's "red"
@@ -140,6 +144,211 @@ def test_confusion_matrix_figure_decodes_and_tells_counts_apart():
     assert not np.array_equal(render_confusion_matrix(other, names, dpi=50), pixels)
     with pytest.raises(ValueError, match="class_names has 2 names for 3 classes"):
         render_confusion_matrix(counts, names[:2])
+
+
+# ---------------------------------------------------------------------------
+# templates: a figure drawn into a kept template is the figure a full draw gives
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh():
+    """No templates or glyphs kept from other tests, before or after."""
+    clear_templates()
+    yield
+    clear_templates()
+
+
+def assert_same_pixels(ours: np.ndarray, reference: np.ndarray) -> None:
+    assert ours.dtype == np.uint8 and ours.shape == reference.shape
+    differ = np.abs(ours.astype(np.int16) - reference).max(axis=-1) > 0
+    where = np.argwhere(differ)
+    assert not differ.any(), f"{differ.sum()} pixels differ, the first at (row, column) {where[:5].tolist()}"
+
+
+def matrices(classes: int, seed: int) -> list[np.ndarray]:
+    """Counts of every kind the cell numbers meet: small, wide (wider than a cell at 50 dpi), all zero, negative."""
+    rng = np.random.default_rng(seed)
+    wide = rng.integers(0, 10**7, (classes, classes))
+    negative = rng.integers(0, 30, (classes, classes))
+    negative[0, -1] = -7  # not digits: that cell is drawn as a Text
+    return [rng.integers(0, 40, (classes, classes)), wide, np.zeros((classes, classes), dtype=np.int64), negative]
+
+
+def reference_confusion_matrix(counts, names, *, dpi=100, figsize=None) -> np.ndarray:
+    """The confusion matrix drawn the plain way: the same figure with every artist in it (each cell's
+    number a ``Text``), in one full draw."""
+    counts = np.asarray(counts).astype(np.int64)
+    layout = render._matrix_layout([render._short(str(name)) for name in names], dpi, figsize)
+    figure, axes, image = render._matrix_figure(layout)
+    peak, title = render._matrix_summary(counts)
+    image.set_data(counts)
+    image.set_clim(0, peak)
+    for row in range(layout.classes):
+        for col in range(layout.classes):
+            value = int(counts[row, col])
+            colour = "white" if value > int(counts.max()) / 2 else "black"
+            axes.text(col, row, str(value), ha="center", va="center", fontsize=layout.fontsize, color=colour)
+    axes.set_title(title, fontsize=layout.fontsize)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+@pytest.mark.parametrize(
+    ("names", "dpi", "figsize"),
+    [
+        (
+            ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+            100,
+            None,
+        ),
+        (["cat", "dog", "price in $ (a $ sign is not mathtext)"], 50, None),
+        (["a", "b"], 40, (1.0, 1.0)),
+        (["only"], 137, None),
+    ],
+)
+def test_confusion_matrix_drawn_into_its_template_is_the_full_draw(fresh, names, dpi, figsize):
+    # Each matrix is drawn into the template the previous one left (its numbers, colours and title
+    # overwritten), compared with matplotlib drawing the same figure with every artist in one draw,
+    # and with a matrix drawn from a new template.
+    first = np.full((len(names), len(names)), 3)
+    render_confusion_matrix(first, names, dpi=dpi, figsize=figsize)
+    for counts in matrices(len(names), seed=dpi):
+        pixels = render_confusion_matrix(counts, names, dpi=dpi, figsize=figsize)
+        assert_same_pixels(pixels, reference_confusion_matrix(counts, names, dpi=dpi, figsize=figsize))
+    clear_templates()
+    assert_same_pixels(render_confusion_matrix(counts, names, dpi=dpi, figsize=figsize), pixels)
+
+
+def test_confusion_matrix_template_redraws_inward_ticks_and_grid_in_order(fresh):
+    # Ticks pointing into the matrix and grid lines across it are drawn over the image: the template
+    # draws them again after it, in the order of a full draw (axis below the frame, thick frame).
+    names = ["cat", "dog", "bird", "fish"]
+    style = {"xtick.direction": "in", "ytick.direction": "inout", "axes.grid": True, "axes.linewidth": 2.5}
+    with matplotlib.rc_context(style):
+        for counts in matrices(4, seed=1)[:2]:
+            pixels = render_confusion_matrix(counts, names, dpi=77)
+            assert_same_pixels(pixels, reference_confusion_matrix(counts, names, dpi=77))
+
+
+def test_confusion_matrix_templates_follow_alternating_class_lists(fresh):
+    # One process draws the matrices of two class lists in turn: each is drawn into its own template,
+    # and no more templates are kept than the limit.
+    cats, dogs = ["cat", "lion", "lynx"], ["pug", "collie", "husky"]
+    counts = np.array([[5, 1, 0], [2, 7, 1], [0, 0, 9]])
+    for names in (cats, dogs, cats, dogs):
+        assert_same_pixels(
+            render_confusion_matrix(counts, names, dpi=60), reference_confusion_matrix(counts, names, dpi=60)
+        )
+    assert len(render._MATRIX_TEMPLATES) == 2
+    kept = render._MATRIX_TEMPLATES.get(render._matrix_layout(cats, 60, None))
+    render_confusion_matrix(counts.T, cats, dpi=60)
+    assert render._MATRIX_TEMPLATES.get(render._matrix_layout(cats, 60, None)) is kept  # drawn into, not rebuilt
+    for index in range(render._TEMPLATES_KEPT + 2):
+        render_confusion_matrix(counts, [f"class {index}", "b", "c"], dpi=60)
+    assert len(render._MATRIX_TEMPLATES) == render._TEMPLATES_KEPT
+
+
+def reference_predictions(images, titles, *, dpi=100, panel_inches=2.0, columns=4) -> np.ndarray:
+    """The predictions figure drawn the plain way: the float grid placed with ``figimage`` and the titles as
+    ``Text``, in one full draw (what ``render_predictions`` did before it kept templates)."""
+    rgb = render._as_rgb_images(images)
+    layout = render._panel_layout(rgb.shape[0], dpi, panel_inches, columns)
+    grid = np.ones((layout.height, layout.width, 3), dtype=np.float32)
+    for index in range(layout.count):
+        row, col = divmod(index, layout.cols)
+        image = render._fit(rgb[index], layout.panel)
+        top = row * layout.cell_h + layout.title_px + (layout.panel - image.shape[0]) // 2
+        left = col * layout.cell_w + layout.gap // 2 + (layout.panel - image.shape[1]) // 2
+        grid[top : top + image.shape[0], left : left + image.shape[1]] = image
+    figure = Figure(figsize=(layout.width / dpi, layout.height / dpi), dpi=dpi)
+    figure.figimage(grid, xo=0, yo=0, origin="upper")
+    for index, (text, colour) in enumerate(titles):
+        row, col = divmod(index, layout.cols)
+        figure.text(
+            (col * layout.cell_w + layout.cell_w / 2) / layout.width,
+            1 - (row * layout.cell_h + layout.title_px / 2) / layout.height,
+            text,
+            color=colour,
+            fontsize=layout.fontsize,
+            ha="center",
+            va="center",
+            multialignment="center",
+            parse_math=False,
+        )
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def test_predictions_drawn_into_their_template_are_the_full_draw(fresh):
+    rng = np.random.default_rng(4)
+    images = rng.standard_normal((8, 1, 28, 28)).astype(np.float32)
+    names = ["Sneaker", "Bag", "Ankle boot", "T-shirt/top"]
+
+    def titles() -> list[tuple[str, str]]:
+        # A new first line every time; the second lines come back (the same images each evaluation).
+        return [
+            (
+                f"{names[rng.integers(4)]}, {rng.uniform(0, 100):.1f}%\n(label: {names[index % 4]})",
+                ("green", "red")[index % 2],
+            )
+            for index in range(8)
+        ]
+
+    for _ in range(3):
+        wanted = titles()
+        pixels = render_predictions(images, wanted)
+        assert_same_pixels(pixels, reference_predictions(images, wanted))
+    template = render._PREDICTION_TEMPLATES.get(render._panel_layout(8, 100, 2.0, 4))
+    assert "(label: Bag)" in {key[0] for key in template.lines._lines}  # kept, and pasted the second and third time
+    clear_templates()
+    assert_same_pixels(render_predictions(images, wanted), pixels)
+
+
+def test_predictions_titles_over_images_and_neighbours_are_drawn_as_a_full_draw_does(fresh):
+    # Titles of many lines run over the images, long ones over the next panel's title, white ones
+    # leave nothing on white, "$" is no mathtext: such lines are never pasted where they were not white.
+    images = np.random.default_rng(5).random((4, 3, 9, 9)).astype(np.float32)
+    titles = [
+        ("a\nb\nc\nd\ne", "black"),
+        ("price $5 $x$\n(label: y)", "red"),
+        ("a very long title that runs into the next panel, 99.9%\n(label: x)", "green"),
+        ("white\n(label: x)", "white"),
+    ]
+    for turn in range(3):
+        shifted = titles[turn:] + titles[:turn]  # each title over each kind of neighbour
+        pixels = render_predictions(images, shifted, dpi=60, panel_inches=1.0, columns=2)
+        assert_same_pixels(pixels, reference_predictions(images, shifted, dpi=60, panel_inches=1.0, columns=2))
+
+
+def test_predictions_title_lines_are_pasted_only_onto_white(fresh):
+    # The first title, when long, runs over the second title's lines.  In the first figure those lines are
+    # drawn over it: what is kept of them then (nothing) must not come back in the second figure, where
+    # they are drawn on white and kept; in the third they must be drawn over the long title, not pasted.
+    images = np.zeros((2, 1, 8, 8), dtype=np.float32)
+    short = ("no\n(label: no)", "black")
+    across = "runs over the next panel's title, " * 3
+    long = (f"a first line that {across}\nand a second one that {across}", "green")
+    second = ("yes, 99.0%\n(label: yes)", "red")
+    for first in (long, short, long):
+        pixels = render_predictions(images, [first, second], dpi=60, panel_inches=1.5, columns=2)
+        assert_same_pixels(pixels, reference_predictions(images, [first, second], dpi=60, panel_inches=1.5, columns=2))
+
+
+def test_warm_up_leaves_the_default_predictions_template_and_digits_ready(fresh):
+    render.tbhooks_warm_up()
+    layout = render._panel_layout(8, 100, 2.0, 4)
+    template = render._PREDICTION_TEMPLATES.get(layout)
+    assert template is not None
+    kept = len(render._GLYPHS._bitmaps)
+    assert kept >= 40  # ten digits at two sub-pixel offsets across and two down
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    render_confusion_matrix(np.random.default_rng(6).integers(0, 1000, (10, 10)), names)
+    render_predictions(np.ones((8, 1, 28, 28)), [("Bag, 50.0%\n(label: Bag)", "green")] * 8)
+    assert render._PREDICTION_TEMPLATES.get(layout) is template  # the first real figure was drawn into it
+    assert len(render._GLYPHS._bitmaps) == kept  # no digit had to be drawn for the first real matrix
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from tbhooks import hookimpl
@@ -149,6 +150,17 @@ class Figures:
         # The worker's imports (matplotlib) take a second or more: start it now, in
         # parallel with training, not when the first evaluation wants a figure.
         run.start_render_worker("tbhooks_figures.render")
+        # The worker draws each figure from a template of its layout (render.py), built
+        # there while training runs rather than in the first evaluation's figures (which a
+        # short run's close waits for).  Its own warm-up covers 8 images and 10 classes
+        # named by index at dpi 100; this run's class names and sizes are warmed here.
+        names = run.class_names
+        if self.confusion_matrix and names is not None and 2 <= len(names) <= self.max_classes:
+            counts = np.zeros((len(names), len(names)), dtype=np.int64)
+            run.warm_up_render(draw_confusion_matrix, counts, list(names), self.dpi)
+        if self.num_images and (self.num_images, self.dpi) != (8, 100):
+            images = np.zeros((self.num_images, 1, 28, 28), dtype=np.float32)
+            run.warm_up_render(draw_predictions, images, [("0, 0.0%\n(label: 0)", RIGHT)] * self.num_images, self.dpi)
 
     @hookimpl
     def on_eval_start(self, run: Run) -> None:

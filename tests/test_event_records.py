@@ -1,0 +1,92 @@
+"""The run's event file: one open file and C checksums (``tbhooks._records``), verified by TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import google_crc32c
+import torch
+from _support import classification_data, loader, mlp
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.tensorflow_stub import errors
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New, masked_crc32c
+from tensorboard.summary.writer import record_writer
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+import tbhooks
+from tbhooks import _records
+from tbhooks.run import MAX_QUEUE
+from tbhooks.testing import read_events
+
+
+def _records_of(logdir):
+    """Every record of the directory's event file, each checked by TensorBoard's pure-Python CRC-32C code."""
+    (path,) = logdir.glob("events.out.tfevents.*")
+    reader = PyRecordReader_New(str(path))
+    events = []
+    while True:
+        try:
+            reader.GetNext()  # raises DataLossError on a checksum mismatch
+        except errors.OutOfRangeError:
+            return events
+        events.append(Event.FromString(reader.record()))
+
+
+def test_the_c_checksum_agrees_with_tensorboards_own():
+    for data in (b"", b"a", bytes(range(256)) * 40, torch.randn(1000).numpy().tobytes()):
+        assert _records.c_masked_crc32c(data) == masked_crc32c(data)
+    assert _records.checksum() is _records.c_masked_crc32c
+
+
+def test_a_run_writes_through_one_file_with_records_tensorboards_reader_verifies(tmp_path):
+    model = mlp()
+    trainer = tbhooks.Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), logdir=tmp_path, progress=False
+    )
+    seen = []  # the writer's queue writer, while the run is open (close lets go of it)
+    trainer.on_attach.append(lambda hooks: seen.append(hooks.run.writer.file_writer.event_writer._async_writer))
+    trainer.fit(loader(classification_data(n=64)), epochs=2)
+
+    (queue_writer,) = seen
+    assert isinstance(queue_writer._writer, _records.DirectRecordWriter)
+    assert queue_writer._worker._record_writer is queue_writer._writer
+    assert queue_writer._writer._crc is _records.c_masked_crc32c
+    assert queue_writer._byte_queue.maxsize == MAX_QUEUE
+    # Nothing process-wide changed: other writers keep TensorBoard's own function.
+    assert record_writer.masked_crc32c is masked_crc32c
+
+    records = _records_of(tmp_path)
+    assert records[0].file_version.startswith("brain.Event")
+    summaries = [value.tag for event in records for value in event.summary.value]
+    assert "train/loss" in summaries
+    assert any(event.graph_def for event in records)
+    # ...and the dashboards' reader sees the same points.
+    assert len(read_events(tmp_path).scalars["train/loss"]) == summaries.count("train/loss")
+
+
+def test_without_the_c_extension_tensorboards_function_is_used(monkeypatch, tmp_path):
+    monkeypatch.setattr(google_crc32c, "implementation", "python")
+    assert _records.checksum() is masked_crc32c
+    writer = SummaryWriter(str(tmp_path))
+    assert _records.direct_records(writer)
+    writer.add_scalar("x", 1.0, 1)
+    writer.close()
+    assert [v.tag for e in _records_of(tmp_path) for v in e.summary.value] == ["x"]
+
+
+def test_a_checksum_that_disagrees_is_not_used(monkeypatch):
+    monkeypatch.setattr(_records, "c_masked_crc32c", lambda data: 0)
+    assert _records.checksum() is masked_crc32c
+
+
+def test_a_writer_of_another_shape_is_left_as_it_came(tmp_path):
+    writer = SummaryWriter(str(tmp_path))
+    assert _records.direct_records(writer)
+    # A second call finds a record writer that is not TensorBoard's own: nothing changes.
+    direct = writer.file_writer.event_writer._async_writer._writer
+    assert not _records.direct_records(writer)
+    assert writer.file_writer.event_writer._async_writer._writer is direct
+    for step in range(3):
+        writer.add_scalar("x", float(step), step)
+    writer.close()
+    points = read_events(tmp_path).scalars["x"]
+    assert [(p.step, p.value) for p in points] == [(0, 0.0), (1, 1.0), (2, 2.0)]
