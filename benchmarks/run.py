@@ -795,15 +795,18 @@ def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     return "met" if ok else "**missed**"
 
 
+NOT_RESOLVED = "not resolved (repetitions on both sides)"
+
+
 def target_cells(ratio: float, target: float | None, low: float, high: float) -> tuple[str, str]:
-    """The "target" and "result" cells of a ratio row; "within noise" when the repetitions' ratios
-    (``low`` .. ``high``) fall on both sides of the target."""
+    """The "target" and "result" cells of a ratio row.  When the repetitions' ratios (``low`` ..
+    ``high``) fall on both sides of the target the table cannot tell, and says so rather than
+    calling it met or missed on the median."""
     if target is None:
         return "—", "—"
-    met = verdict(ratio, target)
     if low < target <= high:
-        met += " (within noise)"
-    return f">= {target:.2f}", met
+        return f">= {target:.2f}", NOT_RESOLVED
+    return f">= {target:.2f}", verdict(ratio, target)
 
 
 def rotations(items: list[Any], reps: int, label: str) -> Iterator[Any]:
@@ -1232,8 +1235,8 @@ def render(
         f"{steps} training steps per row per repetition (batch size 4, {config.images} images, "
         f"{config.epochs} epoch(s)), {config.reps} interleaved repetitions, median steps/s per row; "
         f"ratio = row median / bare-loop median (the targets apply to it); the per-rep range is the spread of the "
-        f"per-repetition ratios (row / bare loop of the same repetition); a result is marked 'within noise' when "
-        f"the repetitions fall on both sides of the target."
+        f"per-repetition ratios (row / bare loop of the same repetition); a target is 'not resolved' when the "
+        f"repetitions fall on both sides of it (this table then cannot tell; the lockstep table below can)."
     )
     say()
     say(table(header, body))
