@@ -286,12 +286,10 @@ class Run:
         """
         if not self.is_writer:
             return
-        from tbhooks.render_worker import RenderProcess, calling_object
+        from tbhooks.render_worker import calling_object
 
-        if self._render is None:
-            self._render = RenderProcess(fallback=self._background.submit)
         owner = calling_object(sys._getframe(1), skip=self)
-        self._render.submit(fn, args, kwargs, tag=tag, step=step, writer=self.writer, owner=owner)
+        self._renderer().submit(fn, args, kwargs, tag=tag, step=step, writer=self.writer, owner=owner)
 
     def start_render_worker(self, *preload: str) -> None:
         """Start the render worker now and import the modules ``preload`` in it.
@@ -306,11 +304,7 @@ class Run:
         """
         if not self.is_writer:
             return
-        from tbhooks.render_worker import RenderProcess
-
-        if self._render is None:
-            self._render = RenderProcess(fallback=self._background.submit)
-        self._render.start(preload)
+        self._renderer().start(preload)
 
     def warm_up_render(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
         """Run ``fn(*args, **kwargs)`` once in the render worker and drop the image it returns.
@@ -327,11 +321,15 @@ class Run:
         """
         if not self.is_writer:
             return
+        self._renderer().submit(fn, args, kwargs, tag="warm-up", step=self.step, writer=None)
+
+    def _renderer(self) -> RenderProcess:
+        """The run's render worker (its parent's side), created on first use; it starts the process."""
         from tbhooks.render_worker import RenderProcess
 
         if self._render is None:
             self._render = RenderProcess(fallback=self._background.submit)
-        self._render.submit(fn, args, kwargs, tag="warm-up", step=self.step, writer=None)
+        return self._render
 
     def stop_background(self) -> None:
         """Stop the render worker process and the background thread; the core calls it when the run closes.
