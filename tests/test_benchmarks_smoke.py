@@ -121,8 +121,9 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
         assert 0 < low <= float(ratio) <= high
         assert float(measured) > 0
         if title.endswith("(control)"):
-            # The control's own excess is what is taken out: its corrected ratio is 1 (one run in the quick mode).
-            assert float(ratio) == pytest.approx(1.0, abs=1e-3)
+            # The control's own excess is what is taken out (capped at the smallest any row showed): its
+            # corrected ratio is 1 (one run in the quick mode), or a little less under the cap.
+            assert float(ratio) <= 1.001
         assert float(bare_ms) > 0
         float(waiting)  # parses: may be slightly negative (the CPU clock ticks coarser than the wall clock)
         _target_agrees(float(ratio), low, high, target, verdict)
@@ -143,7 +144,8 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
         calls, close = (
             float(x) for x in re.search(r"calls (-?[\d.]+) ms \+ in close (-?[\d.]+) ms", figure[0]).groups()
         )
-        assert float(figure[1].split()[0]) == pytest.approx(calls + close, abs=0.011)
+        # Three numbers each rounded to 0.01: they agree within three half-hundredths.
+        assert float(figure[1].split()[0]) == pytest.approx(calls + close, abs=0.016)
     assert any(name.startswith("flush interval") for name in micro)
     assert any(name.startswith("`measure_overhead=True`") for name in micro)
     # The training-thread breakdown: both configurations, and its derived ratio agrees with its own columns.
