@@ -398,14 +398,29 @@ def background_held(hooks: Hooks) -> Iterator[None]:
         release.set()
 
 
-def test_cpu_values_of_the_logging_step_are_logged_although_they_change_in_place_after(tmp_path: Path) -> None:
+def in_place_case(device: torch.device):
+    """An MLP logging fc1's weights, gradients and activations every step, on ``device``; ``fc1_out``
+    collects the module's outputs themselves (the capture shares their storage)."""
     torch.manual_seed(0)
-    model = MLP()
+    model = MLP().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-    fc1_out: list[torch.Tensor] = []  # the module's output itself, which the capture shares storage with
+    x, y = torch.randn(8, 6, device=device), torch.randint(0, 3, (8,), device=device)
+    fc1_out: list[torch.Tensor] = []
     model.fc1.register_forward_hook(lambda module, args, out: fc1_out.append(out))
     plugin = Histograms(every_n_steps=1, activations=["fc1"], bins=16)
+    return model, optimizer, x, y, fc1_out, plugin
+
+
+def change_in_place(model: nn.Module, activation: torch.Tensor) -> None:
+    """What a next optimizer step, zero_grad and an in-place activation would do to the logged tensors."""
+    with torch.no_grad():
+        model.fc1.weight.add_(100.0)
+        model.fc1.weight.grad.zero_()
+        activation.mul_(-3.0)
+
+
+def test_cpu_values_of_the_logging_step_are_logged_although_they_change_in_place_after(tmp_path: Path) -> None:
+    model, optimizer, x, y, fc1_out, plugin = in_place_case(torch.device("cpu"))
     with tbhooks.attach(
         model, logdir=tmp_path, optimizer=optimizer, plugins=[plugin], disable=OTHERS, autoload=False
     ) as hooks:
@@ -419,10 +434,7 @@ def test_cpu_values_of_the_logging_step_are_logged_although_they_change_in_place
             }
             # Before the background thread bins anything: what a next optimizer step, zero_grad
             # and an in-place activation would do.
-            with torch.no_grad():
-                model.fc1.weight.add_(100.0)
-                model.fc1.weight.grad.zero_()
-                fc1_out[-1].mul_(-3.0)
+            change_in_place(model, fc1_out[-1])
     for tag, tensor in expected.items():
         values = histogram(tmp_path, tag)
         assert sorted(values) == [1], tag
@@ -569,14 +581,7 @@ def test_error_in_the_background_task_disables_the_plugin(tmp_path: Path, monkey
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_logging_step_reads_nothing_back_on_the_training_thread(tmp_path: Path) -> None:
-    device = torch.device("cuda")
-    torch.manual_seed(0)
-    model = MLP().to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = torch.randn(8, 6, device=device), torch.randint(0, 3, (8,), device=device)
-    fc1_out: list[torch.Tensor] = []
-    model.fc1.register_forward_hook(lambda module, args, out: fc1_out.append(out))
-    plugin = Histograms(every_n_steps=1, activations=["fc1"], bins=16)
+    model, optimizer, x, y, fc1_out, plugin = in_place_case(torch.device("cuda"))
     with tbhooks.attach(
         model, logdir=tmp_path, optimizer=optimizer, plugins=[plugin], disable=OTHERS, autoload=False
     ) as hooks:
@@ -600,10 +605,7 @@ def test_cuda_logging_step_reads_nothing_back_on_the_training_thread(tmp_path: P
                 "grads/fc1.weight": model.fc1.weight.grad.cpu(),
                 "activations/fc1": fc1_out[-1].detach().cpu(),
             }
-            with torch.no_grad():  # enqueued after the rows: stream order keeps the logged values
-                model.fc1.weight.add_(100.0)
-                model.fc1.weight.grad.zero_()
-                fc1_out[-1].mul_(-3.0)
+            change_in_place(model, fc1_out[-1])  # enqueued after the rows: stream order keeps the logged values
     assert not hooks.faults
     for tag, tensor in expected.items():
         # Against the CPU histc, as in the test above.
