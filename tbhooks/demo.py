@@ -502,12 +502,16 @@ class DemoResult:
 
 
 def resolve_demo_device(choice: str) -> torch.device:
-    """``auto`` is CUDA when available; ``cuda`` without CUDA is a :class:`DemoError`."""
+    """The Trainer's choice (under torchrun, each rank its own GPU); a device that cannot be had is a
+    :class:`DemoError` naming ``--device``."""
+    from tbhooks.trainer import local_gpu_problem, resolve_device
+
     if choice == "cuda" and not torch.cuda.is_available():
         raise DemoError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+    problem = local_gpu_problem() if choice != "cpu" and torch.cuda.is_available() else None
+    if problem:
+        raise DemoError(f"--device {choice}: {problem} (--device cpu)")
+    return resolve_device(choice)
 
 
 def fresh_run_dir(parent: str | Path, name: str) -> Path:

@@ -61,21 +61,47 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is the local CUDA device when there is one, else the CPU."""
+    """``"auto"`` is this process's CUDA device when there is one, else the CPU.
+
+    ``"cuda"`` (string or index-less ``torch.device``) and ``"auto"`` mean the
+    process's own GPU: ``cuda:LOCAL_RANK`` under torchrun, ``cuda:0`` alone.
+    A local rank with no GPU of its own is a clear ``ValueError`` here rather
+    than "invalid device ordinal" from CUDA or NCCL's "duplicate GPU" later.
+    """
     if isinstance(device, torch.device):
-        return device
+        if device.type != "cuda" or device.index is not None:
+            return device
+        device = "cuda"
     if not isinstance(device, str):
         raise TypeError(f"device expects 'auto', 'cpu', 'cuda' or a torch.device, got {type(device).__name__}")
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if device in ("auto", "cuda"):
+        if not torch.cuda.is_available():
+            if device == "auto":
+                return torch.device("cpu")
+            raise ValueError("device 'cuda': no CUDA device is available here; pass device='cpu' or 'auto'")
+        problem = local_gpu_problem()
+        if problem:
+            raise ValueError(f"device {device!r}: {problem}")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     try:
         return torch.device(device)
     except RuntimeError:
         raise ValueError(f"device expects 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+
+
+def local_gpu_problem() -> str | None:
+    """Why this process has no GPU of its own (``cuda:LOCAL_RANK``), or ``None`` when it has one.
+
+    For the error of :func:`resolve_device` and of the demo's ``--device``:
+    two ranks on one GPU fail later, inside NCCL, with no hint of the cause.
+    """
+    rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if rank < count:
+        return None
+    return (
+        f"this process is local rank {rank} (LOCAL_RANK) but sees {count} CUDA device(s); "
+        f"start at most {count} process(es) per node, or train every rank on the CPU"
+    )
 
 
 class _ShardSampler(torch.utils.data.Sampler[int]):

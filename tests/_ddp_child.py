@@ -45,6 +45,7 @@ def main() -> None:
         autoload=False,
         disable=["graph"],
         progress=False,
+        device="cpu",  # gloo on the CPU, also where there is a GPU: two ranks, maybe one GPU
     )
     metrics = trainer.fit(
         torch.utils.data.DataLoader(train, batch_size=8, shuffle=True),

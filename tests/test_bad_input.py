@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import tbhooks
-from tbhooks import NonFiniteLossWarning, TbhooksWarning
+import tbhooks.trainer
+from tbhooks import NonFiniteLossWarning, TbhooksWarning, demo
 from tbhooks.default_plugins.scalars import Scalars
 from tbhooks.testing import read_events
 
@@ -119,6 +120,32 @@ def test_models_taking_dicts_and_keyword_arguments(tmp_path):
     batches = [({"features": inputs[i : i + 8], "scale": torch.tensor(2.0)}, labels[i : i + 8]) for i in (0, 8)]
     metrics = make(tmp_path, model=KwModel()).fit(batches, epochs=1, eval_loader=batches)
     assert set(metrics) == {"loss", "accuracy"}
+
+
+def test_cuda_without_a_gpu_is_a_value_error_at_construction():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    model = mlp()
+    with pytest.raises(ValueError, match=r"device 'cuda': no CUDA device is available here; pass device='cpu'"):
+        tbhooks.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.mse_loss, device="cuda")
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda", torch.device("cuda")])
+def test_a_torchrun_rank_without_a_gpu_of_its_own_is_told_so(monkeypatch, device):
+    # Where there is a GPU, the real count; without one (CI), this process is told it sees one: the check
+    # needs a count, not a device, and the only other way to see the error is torchrun on a GPU machine.
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    count = torch.cuda.device_count()
+    monkeypatch.setenv("LOCAL_RANK", str(count))  # one rank more than there are GPUs
+    model = mlp()
+    with pytest.raises(ValueError, match=rf"device '(auto|cuda)': this process is local rank {count} \(LOCAL_RANK\)"):
+        tbhooks.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.mse_loss, device=device)
+    with pytest.raises(demo.DemoError, match=rf"--device auto: .* sees {count} CUDA device.*\(--device cpu\)$"):
+        demo.resolve_demo_device("auto")
+    monkeypatch.setenv("LOCAL_RANK", str(count - 1))  # the last rank that has one
+    assert tbhooks.trainer.resolve_device(device) == torch.device("cuda", count - 1)
 
 
 def test_trainer_arguments_are_checked(tmp_path):

@@ -67,7 +67,7 @@ def test_eval_metrics_are_computed_over_the_whole_set(tmp_path):
     )
     metrics = trainer.fit(loader(data), epochs=1, eval_loader=loader(data, batch_size=7))
     with torch.no_grad():
-        logits = model(data.tensors[0])
+        logits = model(data.tensors[0].to(trainer.device)).cpu()  # "auto": on a GPU machine, the model's there
     accuracy = (logits.argmax(1) == data.tensors[1]).float().mean().item()
     loss = nn.functional.cross_entropy(logits, data.tensors[1]).item()
     assert metrics == pytest.approx({"loss": loss, "accuracy": accuracy}, rel=1e-5)

@@ -43,6 +43,10 @@ def test_steps_that_log_nothing_do_not_sync(tmp_path):
                 loss.backward()
                 optimizer.step()
                 hooks.batch_end(inputs, targets, outputs, loss)
+                if logs:
+                    # The debug mode is process-wide: the background thread's read-back of this step's
+                    # histograms (where it is meant to synchronise) must be over before the next step.
+                    assert hooks.run.drain() == []
             finally:
                 torch.cuda.set_sync_debug_mode(0)
         hooks.epoch_end()

@@ -60,7 +60,7 @@ def test_torchrun_demo_leaves_one_run(tmp_path):
         [
             *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
             *(str(Path(sys.executable).with_name("tbhooks")), "demo", "--logdir", str(tmp_path)),
-            *("--epochs", "1", "--limit", "160", "--disable", "figures", "embeddings", "graph"),
+            *("--epochs", "1", "--limit", "160", "--disable", "figures", "embeddings", "graph", "--device", "cpu"),
         ],
         capture_output=True,
         text=True,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import google_crc32c
+import sys
+
+import pytest
 import torch
 from _support import classification_data, loader, mlp
 from tensorboard.compat.proto.event_pb2 import Event
@@ -32,6 +34,7 @@ def _records_of(logdir):
 
 
 def test_the_c_checksum_agrees_with_tensorboards_own():
+    pytest.importorskip("google_crc32c")  # a dependency; the test below covers a Python without it
     for data in (b"", b"a", bytes(range(256)) * 40, torch.randn(1000).numpy().tobytes()):
         assert _records.c_masked_crc32c(data) == masked_crc32c(data)
     assert _records.checksum() is _records.c_masked_crc32c
@@ -49,7 +52,7 @@ def test_a_run_writes_through_one_file_with_records_tensorboards_reader_verifies
     (queue_writer,) = seen
     assert isinstance(queue_writer._writer, _records.DirectRecordWriter)
     assert queue_writer._worker._record_writer is queue_writer._writer
-    assert queue_writer._writer._crc is _records.c_masked_crc32c
+    assert queue_writer._writer._crc is _records.checksum()  # the C one where google-crc32c is installed
     assert queue_writer._byte_queue.maxsize == MAX_QUEUE
     # Nothing process-wide changed: other writers keep TensorBoard's own function.
     assert record_writer.masked_crc32c is masked_crc32c
@@ -63,7 +66,13 @@ def test_a_run_writes_through_one_file_with_records_tensorboards_reader_verifies
     assert len(read_events(tmp_path).scalars["train/loss"]) == summaries.count("train/loss")
 
 
+def test_without_google_crc32c_tensorboards_function_is_used(monkeypatch):
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)  # None makes the import raise ImportError
+    assert _records.checksum() is masked_crc32c
+
+
 def test_without_the_c_extension_tensorboards_function_is_used(monkeypatch, tmp_path):
+    google_crc32c = pytest.importorskip("google_crc32c")
     monkeypatch.setattr(google_crc32c, "implementation", "python")
     assert _records.checksum() is masked_crc32c
     writer = SummaryWriter(str(tmp_path))
