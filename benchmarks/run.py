@@ -1061,6 +1061,80 @@ LOCK_HEADER = [
 ]
 
 
+def without(base: str, removed: tuple[str, ...]) -> Callable[[Workload], None]:
+    """A run of the ``base`` row ("default" or "all") with the plugins named ``removed`` taken out.
+
+    Built-in plugins are disabled by name; plugin objects the all row passes
+    (histograms, images, figures) are left out of its list, and the built-in
+    of the same name disabled too, so that it does not come back at its defaults."""
+    from tbhooks.manager import BUILTIN_PLUGINS
+
+    disable = [name for name in removed if name in BUILTIN_PLUGINS]
+
+    def fn(w: Workload) -> None:
+        if base == "default":
+            _tbhooks_fit(w, "default-less", autoload=False, disable=disable)
+        else:
+            plugins = [p for p in ALL.make() if getattr(p, "name", None) not in removed]
+            _tbhooks_fit(w, "all-less", evaluate=True, autoload=False, plugins=plugins, disable=disable)
+
+    return fn
+
+
+def attribution_rows() -> list[LockRow]:
+    """The default and all rows with one plugin taken out, to run in the main lockstep beside them.
+
+    The plugins are those that A/B runs found to cost the most: graph and
+    scalars in both rows, histograms and figures in the all row; and the
+    default row with every built-in disabled (the Trainer alone), its floor.
+    Each row's key is its base row's key, a dash, and what was taken out."""
+    from tbhooks.manager import BUILTIN_PLUGINS
+
+    rows = []
+    for base, removals in (
+        ("default", [("graph",), ("scalars",), tuple(BUILTIN_PLUGINS)]),
+        ("all", [("figures",), ("graph",), ("scalars",), ("histograms",)]),
+    ):
+        for removed in removals:
+            if removed == ("figures",) and not ALL.figures:
+                continue
+            if removed == tuple(BUILTIN_PLUGINS):
+                title = "tbhooks default without any plugin (the Trainer alone)"
+            else:
+                title = f"tbhooks {base} without {', '.join(removed)}"
+            rows.append(LockRow(f"{base}-{'-'.join(removed)}", title, without(base, removed)))
+    return rows
+
+
+def attribution_table(lock_rows: list[LockRow], extra: list[LockRow]) -> list[list[str]]:
+    """The control, each base row (default, all) and its :func:`attribution_rows`: each row's corrected
+    lockstep ratio and, for a row with plugins taken out, how much higher it is than its base row's,
+    the share of the run's time those plugins took (each repetition paired with the base row's run of
+    the same repetition)."""
+    by_key = {row.key: row for row in lock_rows}
+    ordered = [by_key["bare"]]
+    for base in ("default", "all"):
+        ordered += [by_key[base], *(row for row in extra if row.key.split("-", 1)[0] == base)]
+    out = []
+    for row in ordered:
+        ratio = statistics.median(row.corrected)
+        gain = "—"
+        if "-" in row.key:
+            base_row = by_key[row.key.split("-", 1)[0]]
+            pairs = [mine - theirs for mine, theirs in zip(row.corrected, base_row.corrected, strict=True)]
+            gain = f"{statistics.median(pairs) * 100:+.1f} ({min(pairs) * 100:+.1f} to {max(pairs) * 100:+.1f})"
+        out.append([row.title, f"{ratio:.3f}", f"{min(row.corrected):.3f}–{max(row.corrected):.3f}", gain])
+    return out
+
+
+ATTRIBUTION_HEADER = [
+    "row, plugins taken out (lockstep)",
+    "ratio to bare, control taken out (median)",
+    "per-run range",
+    "gain over its base row, points of ratio (median; range)",
+]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes for the smoke test (numbers meaningless)")
@@ -1096,9 +1170,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  the last all run wrote: {contents}")
 
         lock_rows = make_lock_rows(rows)
-        run_lockstep(w, lock_rows)
-        lock_excess = correct_by_control(lock_rows)
+        extra = attribution_rows()  # in the same lockstep run: one control, repetitions interleaved with all
+        run_lockstep(w, lock_rows + extra)
+        lock_excess = correct_by_control(lock_rows + extra)
         lock_body = lockstep_table(lock_rows)
+        attribution_body = attribution_table(lock_rows, extra)
         lock_ratios = {r.key: statistics.median(r.corrected) for r in lock_rows}
         body, ratios = main_table(rows, w.steps)
         header = [
@@ -1116,6 +1192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(table(header, body))
         print()
         print(table(LOCK_HEADER, lock_body))
+        print()
+        print(table(ATTRIBUTION_HEADER, attribution_body))
 
         print("\nmicrobenchmarks", flush=True)
         disp = dispatch(config, root)
@@ -1148,6 +1226,7 @@ def main(argv: list[str] | None = None) -> int:
         body=body,
         header=header,
         lock_body=lock_body,
+        attribution_body=attribution_body,
         lock_ratios=lock_ratios,
         lock_excess=lock_excess,
         ratios=ratios,
@@ -1204,6 +1283,7 @@ def render(
     body: list[list[str]],
     header: list[str],
     lock_body: list[list[str]],
+    attribution_body: list[list[str]],
     lock_ratios: dict[str, float],
     lock_excess: float,
     ratios: dict[str, float],
@@ -1275,6 +1355,21 @@ def render(
     )
     say()
     say(table(LOCK_HEADER, lock_body))
+    say()
+    say("### Where the overhead goes: plugins taken out, in lockstep")
+    say()
+    say(
+        "Why a row misses its target, measured: the default and all rows, each also with one plugin taken "
+        "out, in the lockstep run above (the same control; these rows' repetitions interleaved with its "
+        "rows'). The gain is how much higher the ratio is without the plugin than with it, per repetition "
+        "(each run paired with its base row's run of the same repetition): roughly the share of the run's "
+        "time the plugin took, one-time work (the graph trace, the input grid, waiting at close for the last "
+        "figures) included. Gains within the rows' per-run ranges of each other cannot be told apart. The "
+        "default row without any plugin is the Trainer's own cost; the plugins not taken out one by one "
+        "(images, embeddings, PR curves, hparams) were within noise of nothing in earlier A/B runs."
+    )
+    say()
+    say(table(ATTRIBUTION_HEADER, attribution_body))
     say()
 
     say("## Microbenchmarks")

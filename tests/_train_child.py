@@ -43,6 +43,7 @@ def main() -> None:
         autoload=False,
         flush_secs=flush_secs,
         progress=False,
+        device="cpu",  # the signal path is the subject here; "auto" would train on a GPU machine's GPU
     )
     trainer.fit(torch.utils.data.DataLoader(data, batch_size=4), epochs=100)
 

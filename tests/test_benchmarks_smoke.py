@@ -128,6 +128,28 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
         float(waiting)  # parses: may be slightly negative (the CPU clock ticks coarser than the wall clock)
         _target_agrees(float(ratio), low, high, target, verdict)
 
+    # Where the overhead goes: the default and all rows with plugins taken out, each paired with its base row.
+    parts = _table(text, "row, plugins taken out (lockstep)")
+    ratios = {title: float(ratio) for title, ratio, _, _ in parts}
+    assert list(ratios)[:2] == ["bare loop (control)", "tbhooks default (autoload off)"]
+    expected = {ROWS[1], ROWS[2], "tbhooks default without graph", "tbhooks all without histograms"}
+    expected.add("tbhooks default without any plugin (the Trainer alone)")
+    if importlib.util.find_spec("tbhooks_figures") is not None:
+        expected.add("tbhooks all without figures")
+    assert expected <= set(ratios)
+    for title, ratio, spread, gain in parts:
+        low, high = (float(x) for x in spread.split("–"))
+        assert 0 < low <= float(ratio) <= high
+        if " without " not in title:
+            assert gain == "—"
+            continue
+        found = re.fullmatch(r"([+-][\d.]+) \(([+-][\d.]+) to ([+-][\d.]+)\)", gain)
+        median, least, most = (float(x) for x in found.groups())
+        assert least <= median <= most
+        if low == high:  # one repetition (--quick): the gain is the difference of the two ratios shown
+            base = ROWS[1] if title.startswith("tbhooks default") else ROWS[2]
+            assert median == pytest.approx((float(ratio) - ratios[base]) * 100, abs=0.16)
+
     micro = {r[0].split(":")[0].split(" (")[0]: r for r in _table(text, "measurement")}
     dispatch = micro["dispatch"]
     guarded, bare_us, ratio = (float(x) for x in re.findall(r"[\d.]+", dispatch[1])[:3])
