@@ -150,6 +150,15 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
             base = ROWS[1] if title.startswith("tbhooks default") else ROWS[2]
             assert median == pytest.approx((float(ratio) - ratios[base]) * 100, abs=0.16)
 
+    # A base row whose target is not met gets a sentence with its ratio and each plugin's gain from the table.
+    sentences = re.findall(r"^- (tbhooks [^:]+: [\d.]+ against [\d.]+ .*)$", text, re.M)
+    assert len(sentences) == sum(1 for r in lock if r[6] != "—" and r[7] != "met")
+    for line in sentences:
+        title, ratio = re.match(r"(.+?): ([\d.]+) against", line).groups()
+        assert float(ratio) == ratios[title]
+        for what, gain in re.findall(r"([a-z_]+) ([+-][\d.]+)(?:;|\.$)", line.split("one at a time", 1)[1]):
+            assert parts[[r[0] for r in parts].index(f"{title.split(' (')[0]} without {what}")][3].startswith(gain)
+
     micro = {r[0].split(":")[0].split(" (")[0]: r for r in _table(text, "measurement")}
     dispatch = micro["dispatch"]
     guarded, bare_us, ratio = (float(x) for x in re.findall(r"[\d.]+", dispatch[1])[:3])
