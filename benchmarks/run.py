@@ -1106,6 +1106,11 @@ def attribution_rows() -> list[LockRow]:
     return rows
 
 
+def gains_over(row: LockRow, base: LockRow) -> list[float]:
+    """How much higher ``row``'s corrected ratio is than ``base``'s, per repetition (runs paired in order)."""
+    return [mine - theirs for mine, theirs in zip(row.corrected, base.corrected, strict=True)]
+
+
 def attribution_table(lock_rows: list[LockRow], extra: list[LockRow]) -> list[list[str]]:
     """The control, each base row (default, all) and its :func:`attribution_rows`: each row's corrected
     lockstep ratio and, for a row with plugins taken out, how much higher it is than its base row's,
@@ -1120,8 +1125,7 @@ def attribution_table(lock_rows: list[LockRow], extra: list[LockRow]) -> list[li
         ratio = statistics.median(row.corrected)
         gain = "—"
         if "-" in row.key:
-            base_row = by_key[row.key.split("-", 1)[0]]
-            pairs = [mine - theirs for mine, theirs in zip(row.corrected, base_row.corrected, strict=True)]
+            pairs = gains_over(row, by_key[row.key.split("-", 1)[0]])
             gain = f"{statistics.median(pairs) * 100:+.1f} ({min(pairs) * 100:+.1f} to {max(pairs) * 100:+.1f})"
         out.append([row.title, f"{ratio:.3f}", f"{min(row.corrected):.3f}–{max(row.corrected):.3f}", gain])
     return out
@@ -1141,8 +1145,7 @@ def attribution_summary(lock_rows: list[LockRow], extra: list[LockRow]) -> list[
         for other in extra:
             if other.key.split("-", 1)[0] != base:
                 continue
-            pairs = [mine - theirs for mine, theirs in zip(other.corrected, row.corrected, strict=True)]
-            gain = statistics.median(pairs)
+            gain = statistics.median(gains_over(other, row))
             if other.key.count("-") > 1:  # every built-in at once
                 floor = f"; every plugin at once (the Trainer alone) {gain * 100:+.1f}"
             else:
