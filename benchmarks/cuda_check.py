@@ -11,8 +11,9 @@ It does three things and prints each as it goes:
    histogram plugin's logging step reads nothing back on the training thread;
 2. times the histogram of one 20M-element CUDA tensor: tbhooks' device-side
    bins + ``add_histogram_raw`` against ``SummaryWriter.add_histogram`` (which
-   copies the tensor to the host and bins it with numpy), best of several,
-   each with a ``torch.cuda.synchronize()`` before the clock stops;
+   copies the tensor to the host and bins it with numpy): ``make bench``'s
+   histogram microbenchmark, best of 5, each timing ended by a
+   ``torch.cuda.synchronize()``;
 3. runs the tutorial's network on the GPU, batch size 4, data already on the
    device: a bare hand-written loop against ``tbhooks.Trainer`` with the
    default plugins, interleaved repetitions, steps/s and the ratio of medians.
@@ -38,13 +39,13 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import Net  # noqa: E402  (the benchmark's own network, so both measure one model)
+from run import Config, Net, histograms  # noqa: E402  (make bench's network and histogram timing)
 
 
 def cuda_tests(lines: list[str]) -> int:
     """``pytest -m cuda`` on the test files that hold CUDA tests; its exit status."""
-    command = [sys.executable, "-m", "pytest", "-m", "cuda", "-v", "-rs", "tests/test_cuda_sync.py"]
-    command.append("tests/test_plugin_histograms.py")
+    command = [sys.executable, "-m", "pytest", "-m", "cuda", "-v", "-rs"]
+    command += ["tests/test_cuda_sync.py", "tests/test_plugin_histograms.py"]
     print("$", " ".join(command[1:]), flush=True)
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     print(done.stdout[-6000:], done.stderr[-3000:], sep="\n", flush=True)
@@ -59,38 +60,17 @@ def sync(device: torch.device) -> None:
 
 
 def histogram_times(device: torch.device, elements: int, repeat: int, lines: list[str]) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
-    from tbhooks.default_plugins.histograms import device_histogram, histogram_row, write_histogram
-
-    tensor = torch.randn(elements, device=device, generator=torch.Generator(device).manual_seed(1))
-    writer = SummaryWriter(tempfile.mkdtemp(prefix="cuda-hist-"), flush_secs=120)
-
-    def ours() -> None:
-        write_histogram(writer, "ours", device_histogram(tensor, 64), 0)
-
-    def theirs() -> None:
-        writer.add_histogram("theirs", tensor, 0)
-
-    def row_only() -> None:
-        histogram_row(tensor, 64)
-
-    times: dict[str, list[float]] = {"ours": [], "theirs": [], "row": []}
-    for _ in range(repeat + 1):  # the first round warms up kernels and is dropped
-        for name, fn in (("theirs", theirs), ("ours", ours), ("row", row_only)):
-            sync(device)
-            started = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - started)
-    writer.close()
-    best = {name: min(values[1:]) * 1e3 for name, values in times.items()}
+    """``make bench``'s histogram microbenchmark (:func:`run.histograms`), on ``device``."""
+    with tempfile.TemporaryDirectory(prefix="cuda-hist-") as root:
+        best = histograms(Config(hist_elements=elements, hist_repeat=repeat), Path(root), device=str(device))
     print(f"histogram of {elements:,} values on {device}, best of {repeat}: {best}", flush=True)
+    row = ""
+    if "row_ms" in best:  # on CUDA only
+        row = f"; the device-side bins alone (`histogram_row`, no read-back) {best['row_ms']:.3f} ms"
     lines.append(
         f"- histogram of {elements:,} float32 values on {device_name(device)}, best of {repeat}: "
-        f"`add_histogram` {best['theirs']:.2f} ms; tbhooks bins + `add_histogram_raw` {best['ours']:.2f} ms "
-        f"({best['theirs'] / best['ours']:.1f}x); the device-side bins alone (`histogram_row`, no read-back) "
-        f"{best['row']:.3f} ms"
+        f"`add_histogram` {best['theirs_ms']:.2f} ms; tbhooks bins + `add_histogram_raw` {best['ours_ms']:.2f} ms "
+        f"({best['speedup']:.1f}x){row}"
     )
 
 

@@ -521,18 +521,22 @@ def dispatch(config: Config, root: Path) -> dict[str, float]:
     return found
 
 
-def histograms(config: Config, root: Path) -> dict[str, Any]:
-    """``device_histogram`` + ``add_histogram_raw`` vs ``SummaryWriter.add_histogram`` on one big CPU tensor.
+def histograms(config: Config, root: Path, device: str = "cpu") -> dict[str, Any]:
+    """``device_histogram`` + ``add_histogram_raw`` vs ``SummaryWriter.add_histogram`` on one big tensor.
 
     Both write the histogram to a writer on a temporary log directory; each
-    side is timed best of ``hist_repeat``, the two interleaved."""
+    side is timed best of ``hist_repeat``, the two interleaved.  On CUDA
+    (``benchmarks/cuda_check.py``) each timing ends with a synchronisation,
+    and the device-side bins alone (``histogram_row``, nothing read back)
+    are timed too, as ``row_ms``."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from tbhooks.default_plugins.histograms import Histograms, device_histogram, write_histogram
+    from tbhooks.default_plugins.histograms import Histograms, device_histogram, histogram_row, write_histogram
 
     bins = inspect.signature(Histograms).parameters["bins"].default  # the plugin's default bucket count
-    tensor = torch.randn(config.hist_elements, generator=torch.Generator().manual_seed(1))
+    tensor = torch.randn(config.hist_elements, generator=torch.Generator().manual_seed(1)).to(device)
     writer = SummaryWriter(tempfile.mkdtemp(prefix="hist-", dir=root), flush_secs=120)
+    cuda = tensor.device.type == "cuda"
 
     def ours() -> None:
         write_histogram(writer, "ours", device_histogram(tensor, bins), 0)
@@ -540,20 +544,24 @@ def histograms(config: Config, root: Path) -> dict[str, Any]:
     def theirs() -> None:
         writer.add_histogram("theirs", tensor, 0)
 
-    ours_s, theirs_s = [], []
+    def row() -> None:
+        histogram_row(tensor, bins)
+
+    sides = [("theirs", theirs), ("ours", ours)] + ([("row", row)] if cuda else [])
+    times: dict[str, list[float]] = {name: [] for name, _ in sides}
     for _ in range(config.hist_repeat):
-        for fn, times in ((theirs, theirs_s), (ours, ours_s)):
+        for name, fn in sides:
             gc.collect()
+            if cuda:
+                torch.cuda.synchronize(tensor.device)
             started = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - started)
+            if cuda:
+                torch.cuda.synchronize(tensor.device)
+            times[name].append(time.perf_counter() - started)
     writer.close()
-    return {
-        "ours_ms": min(ours_s) * 1e3,
-        "theirs_ms": min(theirs_s) * 1e3,
-        "speedup": min(theirs_s) / min(ours_s),
-        "bins": bins,
-    }
+    best = {f"{name}_ms": min(values) * 1e3 for name, values in times.items()}
+    return {**best, "speedup": best["theirs_ms"] / best["ours_ms"], "bins": bins}
 
 
 def inline_figure_ms(w: Workload, calls: int) -> float:
