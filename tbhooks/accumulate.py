@@ -36,9 +36,10 @@ class DeviceSum:
     def _collapse(self) -> None:
         pending = [v if v.ndim == 0 else v.reshape(()) for v in self._pending]
         stacked = torch.stack(pending)
-        # float64 where the device has it: totals are subtracted to get interval sums.
+        # float64 where the device has it: totals are subtracted to get interval sums.  Summed
+        # with dtype= rather than converted first: one operation fewer on a step that logs.
         dtype = torch.float32 if stacked.device.type == "mps" else torch.float64
-        folded = stacked.to(dtype).sum()
+        folded = stacked.sum(dtype=dtype)
         self._total = folded if self._total is None else self._total + folded
         self._pending = []
 

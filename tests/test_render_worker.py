@@ -29,7 +29,7 @@ from torch.utils.tensorboard.summary import image as torch_image_summary
 import tbhooks
 from tbhooks import PluginFaultWarning
 from tbhooks.manager import BUILTIN_PLUGINS
-from tbhooks.render_worker import RenderError, RenderProcess, image_summary
+from tbhooks.render_worker import RenderError, RenderProcess, encode_png, image_summary
 from tbhooks.run import _Background
 from tbhooks.testing import read_events
 
@@ -112,6 +112,24 @@ def test_summary_is_what_torch_add_image_builds_but_for_the_png_compression(chan
         assert getattr(ours.image, field) == getattr(theirs.image, field)
     mode = "RGBA" if channels == 4 else "RGB"
     np.testing.assert_array_equal(decode(ours.image, mode), decode(theirs.image, mode))
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (7, 13), (579, 571)])
+def test_encode_png_round_trips_through_pil(channels, height, width):
+    # tbhooks writes the PNG itself (no row filter, zlib level 1); PIL's decoder checks
+    # every chunk's CRC and the zlib stream, and must give back the exact pixels.
+    rng = np.random.default_rng(height * width + channels)
+    pixels = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+    pixels[: height // 2] = 255  # a flat area, as figures have
+    flipped = pixels[:, ::-1]  # not C-contiguous
+    for array in (pixels, flipped):
+        data = encode_png(array)
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.mode == ("RGB" if channels == 3 else "RGBA")
+            np.testing.assert_array_equal(np.asarray(image), array)
 
 
 def test_drawn_in_another_process_that_does_not_import_torch(direct):

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
 
 from tbhooks.default_plugins._options import check_bool, check_int
 from tbhooks.markers import hookimpl
@@ -32,7 +33,22 @@ from tbhooks.markers import hookimpl
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from torch.utils.tensorboard import SummaryWriter
+
     from tbhooks.run import Run
+
+
+def write_scalars(writer: SummaryWriter, step: int, values: Mapping[str, float]) -> None:
+    """Write ``values`` (tag to number) at ``step`` as one event.
+
+    TensorBoard reads back what one ``add_scalar`` per tag would write (a
+    ``simple_value`` per tag, at the same step), for less than half the
+    training-thread time: one event and one queue hand-off instead of one per
+    tag, and none of ``add_scalar``'s per-call conversion and checks.
+    """
+    if values:
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
+        writer._get_file_writer().add_summary(summary, step)
 
 
 class Scalars:
@@ -47,9 +63,9 @@ class Scalars:
     def __init__(self, every_n_steps: int = 50, lr: bool = True) -> None:
         self.every_n_steps = check_int("Scalars", "every_n_steps", every_n_steps, minimum=1)
         self.lr = check_bool("Scalars", "lr", lr)
-        # Where run.train_losses stood at the last point: the next point is the
-        # mean of what was added since (a difference of device totals, no sync).
-        self._mark_total: torch.Tensor | None = None
+        # Where run.train_losses stood at the last point (its total, read back then, and its
+        # count): the next point is the mean of what was added since.
+        self._mark_total = 0.0
         self._mark_count = 0
 
     def batch_end_due(self, step: int) -> bool:
@@ -58,7 +74,7 @@ class Scalars:
 
     @hookimpl
     def on_epoch_start(self) -> None:
-        self._mark_total, self._mark_count = None, 0
+        self._mark_total, self._mark_count = 0.0, 0
 
     @hookimpl
     def on_batch_end(self, run: Run, step: int) -> None:
@@ -66,23 +82,29 @@ class Scalars:
             self._log(run, step)
 
     def _log(self, run: Run, step: int) -> None:
+        # A logging step runs between cold caches, where each tensor operation costs tens of
+        # microseconds: the total is read back once (stack, sum, read) and the interval mean
+        # is plain float arithmetic; the values go out as one event (see write_scalars).
+        values: dict[str, float] = {}
         losses = run.train_losses
         total = losses.total()
-        if total is not None and losses.count > self._mark_count:
-            interval = total if self._mark_total is None else total - self._mark_total
-            mean = (interval / (losses.count - self._mark_count)).float()
+        count = losses.count
+        if total is not None and count > self._mark_count:
+            total_value = float(total)
+            value = (total_value - self._mark_total) / (count - self._mark_count)
             if run.world_size > 1 and torch.distributed.is_initialized():
+                mean = torch.tensor(value, dtype=torch.float64, device=total.device)
                 torch.distributed.all_reduce(mean)
-                mean = mean / run.world_size
-            value = float(mean)
+                value = float(mean) / run.world_size
             run.check_finite("train/loss", value)
-            run.writer.add_scalar("train/loss", value, step)
-            self._mark_total, self._mark_count = total, losses.count
+            values["train/loss"] = value
+            self._mark_total, self._mark_count = total_value, count
         if self.lr and run.optimizer is not None:
             groups = run.optimizer.param_groups
             for index, group in enumerate(groups):
-                tag = "train/lr" if len(groups) == 1 else f"train/lr/group{index}"
-                run.writer.add_scalar(tag, float(group["lr"]), step)
+                values["train/lr" if len(groups) == 1 else f"train/lr/group{index}"] = float(group["lr"])
+        if run.is_writer:
+            write_scalars(run.writer, step, values)
 
     @hookimpl
     def on_epoch_end(self, run: Run, step: int, metrics: Mapping[str, float]) -> None:
