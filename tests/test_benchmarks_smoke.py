@@ -154,8 +154,9 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
     sentences = re.findall(r"^- (tbhooks [^:]+: [\d.]+ against [\d.]+ .*)$", text, re.M)
     assert len(sentences) == sum(1 for r in lock if r[6] != "—" and r[7] != "met")
     for line in sentences:
-        title, ratio = re.match(r"(.+?): ([\d.]+) against", line).groups()
+        title, ratio, target = re.match(r"(.+?): ([\d.]+) against ([\d.]+)", line).groups()
         assert float(ratio) == ratios[title]
+        assert ("points over at the median" in line) == (float(ratio) >= float(target))
         for what, gain in re.findall(r"([a-z_]+) ([+-][\d.]+)(?:;|\.$)", line.split("one at a time", 1)[1]):
             assert parts[[r[0] for r in parts].index(f"{title.split(' (')[0]} without {what}")][3].startswith(gain)
 
