@@ -29,6 +29,7 @@ ROWS = [
     "Ignite + TensorboardLogger",
 ]
 PEERS = {"Lightning + TensorBoardLogger": "pytorch_lightning", "Ignite + TensorboardLogger": "ignite"}
+LOCKSTEP_ONLY = {"tbhooks default + measure_overhead", "tbhooks default, flush_secs=120"}
 
 
 def _table(text: str, first_header: str) -> list[list[str]]:
@@ -81,7 +82,8 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
     assert re.search(r"^- torch: \d", text, re.M)
 
     main = _table(text, "row")
-    assert [r[0] for r in main] == ROWS
+    # The default row's two variants are timed in the lockstep run only.
+    assert [r[0] for r in main] == [title for title in ROWS if title not in LOCKSTEP_ONLY]
     steps = {}
     for title, rate, rates, ratio, spread, by_cpu, cold, target, verdict in main:
         if title in PEERS and importlib.util.find_spec(PEERS[title]) is None:
