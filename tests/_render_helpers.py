@@ -81,6 +81,10 @@ def _child_run(logdir: str, pause: float) -> None:
 
 
 if __name__ == "__main__":
+    import signal
     import sys
 
+    # Ctrl-C as in a terminal, whatever the parent left: a shell's background job starts its children
+    # with SIGINT ignored, and Python then installs no KeyboardInterrupt handler (the test would hang).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _child_run(sys.argv[1], float(sys.argv[2]))

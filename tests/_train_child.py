@@ -49,4 +49,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C as in a terminal, whatever the parent left: a shell's background job starts its children
+    # with SIGINT ignored, and Python then installs no KeyboardInterrupt handler (the test would hang).
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     main()

@@ -14,6 +14,7 @@ from torch import nn
 import tbhooks
 from tbhooks import TbhooksWarning
 from tbhooks.default_plugins.graph import Graph
+from tbhooks.demo import Net  # the tutorial's network
 from tbhooks.manager import BUILTIN_PLUGINS
 from tbhooks.testing import read_events
 
@@ -357,25 +358,6 @@ def test_options_are_validated() -> None:
 # ---------------------------------------------------------------------------
 
 
-class TutorialNet(nn.Module):
-    """The PyTorch TensorBoard tutorial's network."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 4 * 4, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(torch.relu(self.conv1(x)))
-        x = self.pool(torch.relu(self.conv2(x)))
-        x = torch.relu(self.fc1(x.flatten(1)))
-        return self.fc3(torch.relu(self.fc2(x)))
-
-
 class Nested(nn.Module):
     """Modules two levels deep (a Sequential of a Sequential), a BatchNorm's buffers, a multi-output op."""
 
@@ -417,9 +399,7 @@ def scoped_ops(graph: object) -> Counter[tuple[str, str]]:
     return counts
 
 
-@pytest.mark.parametrize(
-    ("model", "shape"), [(TutorialNet, (4, 1, 28, 28)), (Nested, (5, 4))], ids=["tutorial", "nested"]
-)
+@pytest.mark.parametrize(("model", "shape"), [(Net, (4, 1, 28, 28)), (Nested, (5, 4))], ids=["tutorial", "nested"])
 def test_graph_has_the_operations_and_scopes_add_graph_has(tmp_path: Path, model: type, shape: tuple[int]) -> None:
     torch.manual_seed(0)
     net = model()

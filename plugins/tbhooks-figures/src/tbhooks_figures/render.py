@@ -798,12 +798,14 @@ class _MatrixTemplate:
         self.centre_x = [to_display.transform((col, 0))[0] for col in range(layout.classes)]
         self.centre_y = [to_display.transform((0, row))[1] for row in range(layout.classes)]
         self.cell_texts: list[Text] = []  # for numbers that are not plain digits (negative counts)
-        self.fill = False
         self.fill = self._fill_matches_the_image()
 
-    def _cells(self, counts: np.ndarray, peak: int) -> np.ndarray:
-        """Each cell's colour as the image's colour map gives it, ``uint8`` RGBA ``[classes, classes, 4]``."""
-        return self.image.cmap(np.clip(counts / peak, 0.0, 1.0), bytes=True)
+    def _filled(self, counts: np.ndarray, peak: int) -> np.ndarray:
+        """The image's pixels by numpy: each cell's colour from the image's colour map (``uint8`` RGBA),
+        repeated over the cell's square of whole pixels."""
+        cells = self.image.cmap(np.clip(counts / peak, 0.0, 1.0), bytes=True)
+        cell = self.layout.cell
+        return np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)
 
     def _paint(self, counts: np.ndarray, peak: int, renderer: Any, pixels: np.ndarray) -> None:
         """The matrix's cells onto ``pixels``: filled with numpy where that is what the image draws
@@ -818,9 +820,7 @@ class _MatrixTemplate:
             self.image.set_clim(0, peak)
             self.image.draw(renderer)
             return
-        cell = self.layout.cell
-        colours = np.repeat(np.repeat(self._cells(counts, peak), cell, axis=0), cell, axis=1)
-        pixels[self.rows, self.cols] = colours
+        pixels[self.rows, self.cols] = self._filled(counts, peak)
 
     def _fill_matches_the_image(self) -> bool:
         """Whether filling cells gives exactly the pixels the image draws, on a matrix of every colour."""
@@ -837,8 +837,7 @@ class _MatrixTemplate:
         self.image.draw(renderer)
         drawn = pixels[self.rows, self.cols].copy()
         pixels[...] = self.static
-        cell = self.layout.cell
-        filled = np.repeat(np.repeat(self._cells(probe, peak), cell, axis=0), cell, axis=1)
+        filled = self._filled(probe, peak)
         return drawn.shape == filled.shape and bool(np.array_equal(drawn, filled))
 
     def draw(self, counts: np.ndarray) -> np.ndarray:
