@@ -390,3 +390,39 @@ def test_defaults():
         1,
         True,
     )
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_files_are_those_add_embedding_writes(tmp_path, channels):
+    """write_projector_files against SummaryWriter.add_embedding itself, file by file."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tbhooks.default_plugins.embeddings import write_projector_files
+
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(11, 5, generator=generator) * 1e3  # float32 of every magnitude, negative too
+    features[0, 0] = 1e-30
+    thumbs = torch.randint(0, 256, (11, channels, 4, 4), dtype=torch.uint8, generator=generator)
+    labels = ["cat", "dog", "a b"] * 3 + ["owl", "x%/y"]
+    tag, step = "embeddings/x%/step7", 7
+
+    theirs = SummaryWriter(tmp_path / "theirs")
+    theirs.add_embedding(features, metadata=labels, label_img=thumbs.float() / 255, global_step=step, tag=tag)
+    theirs.close()
+    ours = SummaryWriter(tmp_path / "ours")
+    write_projector_files(ours, features.numpy(), labels, thumbs.numpy(), step, tag)
+    ours.close()
+
+    [expected] = projector(tmp_path / "theirs").embeddings
+    [info] = projector(tmp_path / "ours").embeddings
+    assert info == expected  # names, paths, sprite size: the projector finds the same files
+    want, got = read_embedding(tmp_path / "theirs", expected), read_embedding(tmp_path / "ours", info)
+    assert np.array_equal(got["tensors"].astype(np.float32), features.numpy())  # every float32 back exactly
+    assert np.array_equal(want["tensors"].astype(np.float32), features.numpy())  # theirs too
+    assert got["metadata"] == want["metadata"] == labels
+    assert got["sprite"].shape == want["sprite"].shape == (16, 16, 3)
+    # add_embedding truncates (x / 255) * 255, which can lose one; the thumbnails are written as they are.
+    assert np.abs(got["sprite"].astype(int) - want["sprite"].astype(int)).max() <= 1
+    grid = got["sprite"][:12].reshape(3, 4, 4, 4, 3).transpose(0, 2, 1, 3, 4).reshape(11 + 1, 4, 4, 3)[:11]
+    assert np.array_equal(grid, thumbs.permute(0, 2, 3, 1).expand(11, 4, 4, 3).numpy())
+    assert not got["sprite"][12:].any()  # the square's unused rows stay black

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from torch import nn
 
 import tbhooks
@@ -31,22 +32,22 @@ NAN, INF = float("nan"), float("inf")
 @pytest.fixture(params=["cpu", "cpu_chunked", "sync_free"])
 def row_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test through each implementation: the CPU one as it runs on these small tensors
-    (torch.histc), the CPU one's chunked loop (forced, in chunks of 97 so that the last one is
+    (numpy), the CPU one's chunked loop (forced, in chunks of 97 so that the last one is
     short), and the sync-free two-pass one that CUDA and other accelerators use (forced here on
     CPU tensors)."""
     if request.param == "cpu_chunked":
-        monkeypatch.setattr(histograms_module, "_HISTC_BELOW", 0)
+        monkeypatch.setattr(histograms_module, "_NUMPY_BELOW", 0)
         monkeypatch.setattr(histograms_module, "_CPU_CHUNK", 97)
     if request.param == "sync_free":
         monkeypatch.setattr(histograms_module, "_row_cpu", histograms_module._row_sync_free)
     return request.param
 
 
-@pytest.fixture(params=["histc", "chunked"])
+@pytest.fixture(params=["numpy", "chunked"])
 def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The CPU implementation only, through torch.histc (small tensors) and through the chunked loop."""
+    """The CPU implementation only, through numpy (small tensors) and through the chunked loop."""
     if request.param == "chunked":
-        monkeypatch.setattr(histograms_module, "_HISTC_BELOW", 0)
+        monkeypatch.setattr(histograms_module, "_NUMPY_BELOW", 0)
         monkeypatch.setattr(histograms_module, "_CPU_CHUNK", 97)
     return request.param
 
@@ -114,13 +115,32 @@ def test_linspace_and_integer_data_match_histc(dtype: torch.dtype, row_path: str
 
 
 def test_large_tensor_takes_the_chunked_loop_and_matches_histc() -> None:
-    # Above _HISTC_BELOW without any patching, with the real chunk size and a short last chunk.
-    n = histograms_module._CPU_CHUNK + histograms_module._HISTC_BELOW + 5
+    # Above _NUMPY_BELOW without any patching, with the real chunk size and a short last chunk.
+    n = histograms_module._CPU_CHUNK + histograms_module._NUMPY_BELOW + 5
     x = torch.randn(n, generator=torch.Generator().manual_seed(7))
     x[:1000] = torch.arange(1000.0) / 100  # integers and hundredths: many values on bucket edges
     h = device_histogram(x, bins=64)
     assert h.bucket_counts == torch.histc(x, bins=64).tolist()
     assert (h.min, h.max, h.num, h.nonfinite) == (x.min().item(), x.max().item(), n, 0)
+
+
+def test_small_tensors_take_numpy_and_match_histc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With the torch binning loop out of reach, only the numpy path can answer.
+    def unreachable(*args: object) -> None:
+        raise AssertionError("the chunked loop ran on a small tensor")
+
+    monkeypatch.setattr(histograms_module, "_bin_cpu", unreachable)
+    generator = torch.Generator().manual_seed(12)
+    for n in (1 + 1, 97, 30_000, histograms_module._NUMPY_BELOW - 1):
+        x = torch.randn(n, generator=generator)
+        x[: min(n, 500)] = torch.randint(-20, 21, (min(n, 500),), generator=generator) / 4  # values on bucket edges
+        for bins in (3, 10, 64):
+            h = device_histogram(x, bins=bins)
+            assert h.bucket_counts == torch.histc(x, bins=bins).tolist(), (n, bins)
+            assert (h.min, h.max, h.num) == (x.min().item(), x.max().item(), n)
+            assert h.sum == pytest.approx(x.double().sum().item(), rel=1e-9, abs=1e-9)
+    doubles = torch.randn(1000, dtype=torch.float64, generator=generator)
+    assert device_histogram(doubles, bins=7).bucket_counts == torch.histc(doubles, bins=7).tolist()
 
 
 def test_sums_are_accumulated_in_float64(cpu_path: str) -> None:
@@ -316,6 +336,14 @@ def test_weights_grads_and_activations_match_histc(tmp_path: Path) -> None:
     # The weights changed between the logged steps: step 4's histogram is not step 2's.
     w = histogram(tmp_path, "weights/fc1.weight")
     assert w[2].sum != w[4].sum
+    # A logging step's histograms went out as one event, with one value per tag.
+    events = [
+        event
+        for path in tmp_path.glob("events.out.tfevents.*")
+        for event in LegacyEventFileLoader(str(path)).Load()
+        if any(value.HasField("histo") for value in event.summary.value)
+    ]
+    assert sorted((event.step, len(event.summary.value)) for event in events) == [(2, len(tags)), (4, len(tags))]
 
 
 def test_all_activations_and_unknown_module_names(tmp_path: Path) -> None:
@@ -564,7 +592,7 @@ def test_error_in_the_background_task_disables_the_plugin(tmp_path: Path, monkey
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(histograms_module, "write_histogram", broken)
+    monkeypatch.setattr(histograms_module, "write_histograms", broken)
     model = MLP()
     x = torch.randn(4, 6)
     with pytest.warns(PluginFaultWarning, match=r"(?s)plugin 'histograms' raised in background task.*disk on fire"):

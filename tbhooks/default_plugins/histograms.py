@@ -17,8 +17,10 @@ host synchronisation (two passes over the tensor, masked and scattered on
 the device), then copy the small results of all tensors to the host at once
 (one copy per device).  The whole tensor never leaves the device.  CPU
 tensors, which have nothing to synchronise with, are binned in cache-sized
-chunks with ``torch.histc``'s own arithmetic (small ones by ``torch.histc``
-itself), three to four times faster than ``torch.histc`` on one thread.
+chunks with ``torch.histc``'s own arithmetic, three to four times faster
+than ``torch.histc`` on one thread; small ones (under 65,536 elements) take
+the same arithmetic in numpy, in one pass, two to four times faster than
+torch calls on tensors that small.
 
 The plugin keeps both the binning and the read back off the training
 thread where it can.  On a logging step the training thread only:
@@ -69,7 +71,9 @@ import math
 import threading
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
+from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
 from tbhooks.capture import Capture
 from tbhooks.default_plugins._options import check_bool, check_int
@@ -88,8 +92,11 @@ _CHUNK = 1 << 24
 _CPU_CHUNK = 1 << 16
 """Elements binned at once on the CPU: the scratch buffers stay in the core's cache and are never faulted in anew."""
 
-_HISTC_BELOW = 1 << 14
-"""CPU tensors with fewer finite values go to ``torch.histc`` directly: the chunked loop's setup costs more there."""
+_NUMPY_BELOW = 1 << 16
+"""CPU tensors with fewer elements are binned with numpy in one pass (:func:`_row_numpy`): on tensors this
+small a torch call's own cost (several microseconds each, a dozen calls a tensor) outweighs the arithmetic,
+and numpy's is a fraction of it.  From about this size on, whole-tensor temporaries cost more in page faults
+than the chunked loop."""
 
 _STATS = 6
 """Leading entries of a device row: min, max, num, sum, sum of squares, non-finite count."""
@@ -137,8 +144,8 @@ def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
 
     On the CPU, where there is nothing to synchronise with, the row comes
     from a chunked loop with ``torch.histc``'s arithmetic (three to four times
-    faster than ``torch.histc`` on one thread; small tensors use
-    ``torch.histc`` itself); on every other device from two sync-free passes
+    faster than ``torch.histc`` on one thread; small tensors take the same
+    arithmetic in numpy); on every other device from two sync-free passes
     that put each value in the same bucket.
     """
     flat = tensor.detach().reshape(-1)
@@ -152,6 +159,14 @@ def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
 
 def _row_cpu(flat: torch.Tensor, bins: int) -> torch.Tensor:
     """:func:`histogram_row` for a flat float32/float64 CPU tensor: reading values back costs no sync here."""
+    if flat.numel() < _NUMPY_BELOW:
+        try:
+            array = flat.numpy()
+        except RuntimeError:  # a tensor numpy cannot share (a negative view, say): the torch path below
+            array = None
+        row = None if array is None else _row_numpy(array, bins)
+        if row is not None:
+            return torch.from_numpy(row)
     low, high = (float(v) for v in torch.aminmax(flat))
     values = flat
     if not (math.isfinite(low) and math.isfinite(high)):  # NaN propagates, so finite bounds mean all finite
@@ -173,6 +188,38 @@ def _row_cpu(flat: torch.Tensor, bins: int) -> torch.Tensor:
     return torch.cat([stats, counts])
 
 
+def _row_numpy(values: np.ndarray, bins: int) -> np.ndarray | None:
+    """:func:`histogram_row` of a small flat float32/float64 array, with the arithmetic of :func:`_bin_cpu`
+    in the array's dtype; ``None`` for what only the torch path handles (non-finite values, a constant
+    array, a range near the dtype's overflow).
+
+    A histogram step of a small network bins a few dozen such tensors on the
+    background thread; each numpy call here costs about a microsecond, a
+    torch call several, and this thread shares the interpreter lock with
+    the training thread for all of that time.
+    """
+    low, high = values.min(), values.max()  # NaN propagates: finite bounds mean every value is finite
+    if not (math.isfinite(low) and math.isfinite(high)) or low == high:
+        return None
+    if (float(high) - float(low)) * bins >= float(np.finfo(values.dtype).max) / 2:
+        return None
+    # The bucket rule of _bin_cpu, operation by operation in the dtype: (x - low) * bins / (high - low).
+    position = np.subtract(values, low)
+    position *= values.dtype.type(bins)
+    position /= high - low
+    counts = np.bincount(position.astype(np.intp), minlength=bins + 1)
+    counts[bins - 1] += counts[bins]  # the maximum, and whatever rounds up to it, in the last bucket
+    wide = values.astype(np.float64)
+    total = wide.sum()
+    # Squared in place and summed, not np.dot: numpy's BLAS may hand a long dot product to its own
+    # threads, which then wait for a core the training process is using (20 ms instead of 1 here).
+    square = np.multiply(wide, wide, out=wide).sum()
+    row = np.empty(_STATS + bins, dtype=np.float64)
+    row[:_STATS] = (low, high, values.size, total, square, 0)
+    row[_STATS:] = counts[:bins]
+    return row
+
+
 def _bin_cpu(values: torch.Tensor, low: float, high: float, bins: int) -> tuple[torch.Tensor, float, float]:
     """Bucket counts (float64), sum and sum of squares of a flat, finite float32/float64 CPU tensor.
 
@@ -192,10 +239,6 @@ def _bin_cpu(values: torch.Tensor, low: float, high: float, bins: int) -> tuple[
         factor = 2.0 ** (bins.bit_length() + 1)
         counts, total, square = _bin_cpu(values / factor, low / factor, high / factor, bins)
         return counts, total * factor, square * factor * factor
-    if values.numel() < _HISTC_BELOW:
-        wide = values.double()
-        counts = torch.histc(values, bins=bins, min=low, max=high).double()
-        return counts, float(wide.sum()), float(torch.dot(wide, wide))
     width = float(torch.tensor(high, dtype=values.dtype) - low)  # rounded to the dtype, as histc's kernel has it
     size = min(values.numel(), _CPU_CHUNK)
     position = torch.empty(size, dtype=values.dtype)
@@ -370,19 +413,37 @@ def _copied(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu"
 
 
+def write_histograms(writer: SummaryWriter, step: int, tagged: Iterable[tuple[str, DeviceHistogram]]) -> None:
+    """Write each ``(tag, hist)`` (``hist`` from :func:`device_histogram`) at ``step``, as one event.
+
+    TensorBoard reads back what one ``add_histogram_raw`` per tag would
+    write (a ``histo`` value per tag, at the same step), for a fraction of
+    the time: one event and one hand-off to the writer's thread for a step's
+    few dozen histograms, on a thread that shares the interpreter lock with
+    training.
+    """
+    values = [
+        Summary.Value(
+            tag=tag,
+            histo=HistogramProto(
+                min=hist.min,
+                max=hist.max,
+                num=hist.num,
+                sum=hist.sum,
+                sum_squares=hist.sum_squares,
+                bucket_limit=hist.bucket_limits,
+                bucket=hist.bucket_counts,
+            ),
+        )
+        for tag, hist in tagged
+    ]
+    if values:
+        writer._get_file_writer().add_summary(Summary(value=values), step)
+
+
 def write_histogram(writer: SummaryWriter, tag: str, hist: DeviceHistogram, step: int) -> None:
     """Write ``hist`` (from :func:`device_histogram`) as histogram ``tag`` at ``step``, from host numbers only."""
-    writer.add_histogram_raw(
-        tag,
-        min=hist.min,
-        max=hist.max,
-        num=hist.num,
-        sum=hist.sum,
-        sum_squares=hist.sum_squares,
-        bucket_limits=hist.bucket_limits,
-        bucket_counts=hist.bucket_counts,
-        global_step=step,
-    )
+    write_histograms(writer, step, [(tag, hist)])
 
 
 class Histograms:
@@ -562,9 +623,11 @@ class Histograms:
             if flagged:
                 with self._idle:
                     self._flagged.append((step, flagged))
-            for tag, hist in zip(tags, results, strict=True):
-                if hist is not None and hist.num:
-                    write_histogram(run.writer, tag, hist, step)
+            write_histograms(
+                run.writer,
+                step,
+                [(tag, hist) for tag, hist in zip(tags, results, strict=True) if hist is not None and hist.num],
+            )
         finally:
             self._task_done()
 

@@ -249,12 +249,15 @@ def test_fit_start_warms_the_worker_up_with_this_runs_layouts_and_writes_nothing
     logdir = tmp_path / "run"
     fit(logdir, epochs=1, plugin=Figures(num_images=2))
     # The matrix with the run's class names; the predictions at this plugin's size (2 images, not the
-    # default 8 that the worker's own warm-up draws).
-    assert [name for name, _ in warmed] == ["draw_confusion_matrix", "draw_predictions"]
+    # default 8 that the worker's own warm-up draws), with every "(label: ...)" line in both colours.
+    assert [name for name, _ in warmed] == ["draw_confusion_matrix"] + ["draw_predictions"] * 3
     counts, names, dpi = warmed[0][1]
     assert names == NAMES and counts.shape == (len(NAMES), len(NAMES)) and not counts.any() and dpi == 100
-    images, titles, _ = warmed[1][1]
-    assert images.shape[0] == len(titles) == 2
+    lines = set()
+    for _, (images, titles, dpi) in warmed[1:]:
+        assert images.shape[0] == len(titles) == 2 and dpi == 100
+        lines |= {(text.split("\n")[1], colour) for text, colour in titles}
+    assert lines == {(f"(label: {name})", colour) for name in NAMES for colour in ("green", "red")}
     pids = {path.name: int(path.read_text()) for path in drawn_by.iterdir()}
     assert set(pids) == {
         "warm_draw_confusion_matrix",

@@ -158,8 +158,19 @@ class Figures:
         if self.confusion_matrix and names is not None and 2 <= len(names) <= self.max_classes:
             counts = np.zeros((len(names), len(names)), dtype=np.int64)
             run.warm_up_render(draw_confusion_matrix, counts, list(names), self.dpi)
-        if self.num_images and (self.num_images, self.dpi) != (8, 100):
-            images = np.zeros((self.num_images, 1, 28, 28), dtype=np.float32)
+        if not self.num_images:
+            return
+        images = np.zeros((self.num_images, 1, 1, 1), dtype=np.float32)  # the layout does not depend on their size
+        if names is not None and len(names) <= self.max_classes:
+            # Every title's second line, "(label: <true class>)", in both colours: the worker keeps
+            # the lines it drew (render.py) and pastes them into the real figures, whose first lines
+            # (the predicted class and its probability) are the only ones it still has to draw.
+            titles = [(f"0.0%\n(label: {name})", colour) for name in names for colour in (RIGHT, WRONG)]
+            for start in range(0, len(titles), self.num_images):
+                batch = titles[start : start + self.num_images]
+                batch += [batch[-1]] * (self.num_images - len(batch))
+                run.warm_up_render(draw_predictions, images, batch, self.dpi)
+        elif (self.num_images, self.dpi) != (8, 100):
             run.warm_up_render(draw_predictions, images, [("0, 0.0%\n(label: 0)", RIGHT)] * self.num_images, self.dpi)
 
     @hookimpl
