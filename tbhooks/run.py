@@ -9,6 +9,7 @@ correct, only to skip work (``run.is_writer``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -50,6 +51,11 @@ def safe_tag(*parts: object) -> str:
     same way everywhere.
     """
     return "/".join(_UNSAFE_TAG.sub("_", str(p)).strip("/") or "_" for p in parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_tag(parts: tuple[str, ...]) -> str:
+    return safe_tag(*parts)
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -236,6 +242,9 @@ class Run:
 
     def tag(self, *parts: object) -> str:
         """A safe tag from ``parts``; see :func:`safe_tag`."""
+        if all(type(part) is str for part in parts):
+            # Plugins ask for the same tags at every logging step (a histogram step asks for dozens).
+            return _cached_tag(parts)  # type: ignore[arg-type]
         return safe_tag(*parts)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:

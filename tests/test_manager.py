@@ -173,3 +173,49 @@ def test_two_runs_share_no_plugin_or_writer(tmp_path):
     finally:
         first.close()
         second.close()
+
+
+def test_only_marked_functions_are_hook_implementations_wherever_they_come_from():
+    """The manager's quick path (plain unmarked methods skipped) finds what pluggy's own path finds."""
+    import types
+
+    class Base:
+        name = "base"
+
+        @tbhooks.hookimpl
+        def on_epoch_end(self, step):
+            pass
+
+        @tbhooks.hookimpl
+        def on_eval(self, step):
+            pass
+
+    class Child(Base):
+        name = "child"
+
+        def on_eval(self, step):  # overridden without the mark: no longer an implementation
+            pass
+
+        def on_batch_end(self, step):  # an event's name, unmarked: a plain method
+            pass
+
+        @staticmethod
+        @tbhooks.hookimpl
+        def on_fit_end(step):
+            pass
+
+        @property
+        def on_fit_start(self):
+            raise AssertionError("registration evaluated a property")
+
+    module = types.ModuleType("plugin_module")
+    module.on_eval_start = tbhooks.hookimpl(lambda step: None)
+    module.on_epoch_start = lambda step: None
+
+    child = Child()
+    child.on_exception = tbhooks.hookimpl(lambda step: None)  # an instance attribute
+    pm, _ = make_plugin_manager(plugins=[child, module], autoload=False, builtins=False)
+    found = {hook: [impl.plugin for impl in getattr(pm.hook, hook).get_hookimpls()] for hook in vars(pm.hook)}
+    expected = {"on_epoch_end", "on_fit_end", "on_exception"}
+    assert {hook for hook, plugins in found.items() if child in plugins} == expected
+    assert {hook for hook, plugins in found.items() if module in plugins} == {"on_eval_start"}
