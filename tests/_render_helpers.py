@@ -16,11 +16,15 @@ def gradient(height: int, width: int, channels: int, offset: int) -> np.ndarray:
     return pixels[:, :, 0] if channels == 0 else pixels
 
 
-def pid_image(height: int = 2, width: int = 3) -> np.ndarray:
-    """Every pixel holds the drawing process's id: R, G, B = its bytes 2, 1, 0."""
-    pid = os.getpid()
+def pid_image(height: int = 2, width: int = 3, pause: float = 0.0) -> np.ndarray:
+    """The first row's pixels hold the drawing process's id, the others its parent's: R, G, B = bytes 2, 1, 0.
+
+    (The worker draws, or its second drawing process, whose parent is the worker.)  After ``pause`` seconds.
+    """
+    time.sleep(pause)
     pixels = np.zeros((height, width, 3), dtype=np.uint8)
-    pixels[...] = [(pid >> 16) & 255, (pid >> 8) & 255, pid & 255]
+    for rows, pid in ((slice(0, 1), os.getpid()), (slice(1, None), os.getppid())):
+        pixels[rows] = [(pid >> 16) & 255, (pid >> 8) & 255, pid & 255]
     return pixels
 
 
@@ -37,10 +41,15 @@ def noisy(value: int) -> np.ndarray:
 
 
 def mark(path: str) -> np.ndarray:
-    """Writes the drawing process's id to ``path``; draws a flat image."""
-    with open(path, "w") as file:
-        file.write(str(os.getpid()))
+    """Writes the drawing process's id and its parent's to ``path.<pid>``; draws a flat image."""
+    with open(f"{path}.{os.getpid()}", "w") as file:
+        file.write(f"{os.getpid()} {os.getppid()}")
     return flat(1)
+
+
+def exit_process(status: int) -> np.ndarray:
+    """Ends the drawing process at once (no answer, no cleanup)."""
+    os._exit(status)
 
 
 def fail(message: str) -> np.ndarray:

@@ -8,6 +8,8 @@ from typing import Any
 
 
 def record_pid(path: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Write the id of the process that draws to ``path``, then draw with ``fn``."""
-    Path(path).write_text(str(os.getpid()))
+    """Write the ids of the process that draws and of its parent to ``path``, then draw with ``fn``.
+
+    (The render worker draws, or its fork, whose parent is the worker.)"""
+    Path(path).write_text(f"{os.getpid()} {os.getppid()}")
     return fn(*args, **kwargs)
