@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -39,6 +40,7 @@ def row_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setattr(histograms_module, "_NUMPY_BELOW", 0)
         monkeypatch.setattr(histograms_module, "_CPU_CHUNK", 97)
     if request.param == "sync_free":
+        monkeypatch.setattr(histograms_module, "_NUMPY_BELOW", 0)
         monkeypatch.setattr(histograms_module, "_row_cpu", histograms_module._row_sync_free)
     return request.param
 
@@ -227,6 +229,7 @@ def test_low_precision_and_double_inputs(row_path: str) -> None:
 def test_chunked_pass_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.randn(1000, generator=torch.Generator().manual_seed(4))
     x[17], x[600] = NAN, -INF
+    monkeypatch.setattr(histograms_module, "_NUMPY_BELOW", 0)
     monkeypatch.setattr(histograms_module, "_row_cpu", histograms_module._row_sync_free)  # the chunked one
     whole = device_histogram(x, bins=32)
     monkeypatch.setattr(histograms_module, "_CHUNK", 97)  # 11 chunks, the last one short
@@ -472,13 +475,13 @@ def test_cpu_values_of_the_logging_step_are_logged_although_they_change_in_place
 
 def test_cpu_tensors_are_binned_on_the_background_thread_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[str] = []
-    row = histograms_module.histogram_row
+    row = histograms_module._cpu_row
 
-    def recording_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
+    def recording_row(tensor: torch.Tensor, bins: int) -> list[float]:
         threads.append(threading.current_thread().name)
         return row(tensor, bins)
 
-    monkeypatch.setattr(histograms_module, "histogram_row", recording_row)
+    monkeypatch.setattr(histograms_module, "_cpu_row", recording_row)
     model = MLP()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
@@ -501,13 +504,17 @@ def test_device_rows_are_computed_on_the_training_thread_and_read_back_in_the_ba
     # read back in the background), the 1-D ones the CPU path; the results must land on the right tags.
     monkeypatch.setattr(histograms_module, "_copied", lambda tensor: tensor.dim() == 1)
     binned_on: dict[tuple[int, ...], set[str]] = {}
-    row = histograms_module.histogram_row
 
-    def recording_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
-        binned_on.setdefault(tuple(tensor.shape), set()).add(threading.current_thread().name)
-        return row(tensor, bins)
+    def recording(row: Any) -> Any:
+        def recording_row(tensor: torch.Tensor, bins: int) -> Any:
+            binned_on.setdefault(tuple(tensor.shape), set()).add(threading.current_thread().name)
+            return row(tensor, bins)
 
-    monkeypatch.setattr(histograms_module, "histogram_row", recording_row)
+        return recording_row
+
+    # The accelerators' rows (histogram_row) and the CPU copies' (_cpu_row).
+    monkeypatch.setattr(histograms_module, "histogram_row", recording(histograms_module.histogram_row))
+    monkeypatch.setattr(histograms_module, "_cpu_row", recording(histograms_module._cpu_row))
     torch.manual_seed(0)
     model = MLP()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -321,7 +321,8 @@ def _unpack(row: Sequence[float], bins: int) -> DeviceHistogram:
     low, high, num, total, square, nonfinite = row[:_STATS]
     left, right = (low - 1.0, high + 1.0) if low == high else (low, high)
     step = (right - left) / bins
-    limits = [left + step * (i + 1) for i in range(bins - 1)] + [right]
+    # The same float64 operations as left + step * (i + 1) one by one, in one numpy call.
+    limits = [*(left + step * np.arange(1, bins, dtype=np.float64)).tolist(), right]
     return DeviceHistogram(
         min=low,
         max=high,
@@ -366,10 +367,31 @@ def device_histograms(tensors: Iterable[torch.Tensor], bins: int = 64) -> list[D
     bins = _check_bins(bins)
     tensors = list(tensors)
     found: dict[int, DeviceHistogram] = {}
-    for indices, rows in _stacked_rows(tensors, bins):
+    elsewhere: list[int] = []
+    for index, tensor in enumerate(tensors):
+        if tensor.device.type == "cpu":
+            found[index] = _unpack(_cpu_row(tensor, bins), bins)
+        else:
+            elsewhere.append(index)
+    for indices, rows in _stacked_rows([tensors[i] for i in elsewhere], bins):
         # The one synchronisation: every row of this device in one copy.
-        found.update(zip(indices, _host_histograms(rows.cpu().tolist(), bins), strict=True))
+        found.update(zip([elsewhere[k] for k in indices], _host_histograms(rows.cpu().tolist(), bins), strict=True))
     return [found[i] for i in range(len(tensors))]
+
+
+def _cpu_row(tensor: torch.Tensor, bins: int) -> list[float]:
+    """The row of a CPU tensor as host numbers: a small float tensor's from numpy alone (no torch call
+    but the view), anything else's from :func:`histogram_row`.  The plugin's background thread bins a
+    step's few dozen small tensors this way, with the interpreter lock held for as short as it can."""
+    flat = tensor.detach().reshape(-1)
+    if flat.dtype in (torch.float32, torch.float64) and 0 < flat.numel() < _NUMPY_BELOW:
+        try:
+            row = _row_numpy(flat.numpy(), bins)
+        except RuntimeError:  # a tensor numpy cannot share: histogram_row's torch path
+            row = None
+        if row is not None:
+            return row.tolist()
+    return histogram_row(tensor, bins).tolist()
 
 
 def device_histogram(tensor: torch.Tensor, bins: int = 64) -> DeviceHistogram:
