@@ -1439,11 +1439,13 @@ def render(
         say(
             "What the plugins do in that time (from profiles, not measured here): the graph plugin traces the "
             "model once per run (recording the operations and building the GraphDef, no ScriptModule); the "
-            "figures plugin's last two figures are drawn in the render worker while `close` waits for them, "
-            "so that nothing logged is lost; the histogram plugin copies the tensors "
-            "on the training thread and bins and writes them on the background thread, which holds the GIL for "
-            "part of that time; the scalars plugin's logging steps (every 50 steps) read the loss total back and "
-            "write one event, between cold caches."
+            "figures plugin's last two figures are drawn side by side by the render worker and its fork while "
+            "`close` waits for them, so that nothing logged is lost; the histogram plugin copies the tensors "
+            "on the training thread and bins them (numpy, for small tensors) and writes one event per step on the "
+            "background thread, which shares the GIL with training for that time (on this dispatch-bound "
+            "workload, background work that holds the GIL costs training most of its own duration); the "
+            "scalars plugin's logging steps (every 50 steps) read the loss total back and write one event, "
+            "between cold caches."
         )
         say()
 
