@@ -83,7 +83,8 @@ _PNG_LENGTH = struct.Struct(">I")
 DRAWERS = 1 if os.environ.get("TBHOOKS_RENDER_DRAWERS") == "1" else 2
 """Drawing processes of the worker: itself and, where ``os.fork`` exists, a fork of it (see :class:`_Drawer`).
 ``TBHOOKS_RENDER_DRAWERS=1`` keeps it to one."""
-_WARM_UP_TAG = "warm-up"
+WARM_UP_TAG = "warm-up"
+"""The tag of a warm-up request (:meth:`tbhooks.run.Run.warm_up_render`): drawn, never written."""
 WARM_UP = "tbhooks_warm_up"
 """A preloaded module's function of this name is called once when the worker starts (errors ignored)."""
 
@@ -274,7 +275,7 @@ def _serve(requests: IO[bytes], answers: IO[bytes], drawer: _Drawer | None) -> N
 
 def _is_warm_up(body: bytes) -> bool:
     try:
-        return bool(pickle.loads(body)[3] == _WARM_UP_TAG)
+        return bool(pickle.loads(body)[3] == WARM_UP_TAG)
     except Exception:
         return False
 

@@ -330,7 +330,9 @@ class Run:
         """
         if not self.is_writer:
             return
-        self._renderer().submit(fn, args, kwargs, tag="warm-up", step=self.step, writer=None)
+        from tbhooks.render_worker import WARM_UP_TAG
+
+        self._renderer().submit(fn, args, kwargs, tag=WARM_UP_TAG, step=self.step, writer=None)
 
     def _renderer(self) -> RenderProcess:
         """The run's render worker (its parent's side), created on first use; it starts the process."""

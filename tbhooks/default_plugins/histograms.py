@@ -159,14 +159,9 @@ def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
 
 def _row_cpu(flat: torch.Tensor, bins: int) -> torch.Tensor:
     """:func:`histogram_row` for a flat float32/float64 CPU tensor: reading values back costs no sync here."""
-    if flat.numel() < _NUMPY_BELOW:
-        try:
-            array = flat.numpy()
-        except RuntimeError:  # a tensor numpy cannot share (a negative view, say): the torch path below
-            array = None
-        row = None if array is None else _row_numpy(array, bins)
-        if row is not None:
-            return torch.from_numpy(row)
+    row = _small_row(flat, bins)
+    if row is not None:
+        return torch.from_numpy(row)
     low, high = (float(v) for v in torch.aminmax(flat))
     values = flat
     if not (math.isfinite(low) and math.isfinite(high)):  # NaN propagates, so finite bounds mean all finite
@@ -186,6 +181,18 @@ def _row_cpu(flat: torch.Tensor, bins: int) -> torch.Tensor:
         counts, total, square = _bin_cpu(values, low, high, bins)
     stats = torch.tensor([low, high, num, total, square, flat.numel() - num], dtype=torch.float64)
     return torch.cat([stats, counts])
+
+
+def _small_row(flat: torch.Tensor, bins: int) -> np.ndarray | None:
+    """:func:`_row_numpy` of a flat float32/float64 CPU tensor under :data:`_NUMPY_BELOW` elements; ``None``
+    for any other tensor and where that function declines."""
+    if flat.dtype not in (torch.float32, torch.float64) or not 0 < flat.numel() < _NUMPY_BELOW:
+        return None
+    try:
+        array = flat.numpy()
+    except RuntimeError:  # a tensor numpy cannot share (a negative view, say): the torch path
+        return None
+    return _row_numpy(array, bins)
 
 
 def _row_numpy(values: np.ndarray, bins: int) -> np.ndarray | None:
@@ -383,15 +390,8 @@ def _cpu_row(tensor: torch.Tensor, bins: int) -> list[float]:
     """The row of a CPU tensor as host numbers: a small float tensor's from numpy alone (no torch call
     but the view), anything else's from :func:`histogram_row`.  The plugin's background thread bins a
     step's few dozen small tensors this way, with the interpreter lock held for as short as it can."""
-    flat = tensor.detach().reshape(-1)
-    if flat.dtype in (torch.float32, torch.float64) and 0 < flat.numel() < _NUMPY_BELOW:
-        try:
-            row = _row_numpy(flat.numpy(), bins)
-        except RuntimeError:  # a tensor numpy cannot share: histogram_row's torch path
-            row = None
-        if row is not None:
-            return row.tolist()
-    return histogram_row(tensor, bins).tolist()
+    row = _small_row(tensor.detach().reshape(-1), bins)
+    return row.tolist() if row is not None else histogram_row(tensor, bins).tolist()
 
 
 def device_histogram(tensor: torch.Tensor, bins: int = 64) -> DeviceHistogram:

@@ -165,7 +165,11 @@ class Figures:
             # Every title's second line, "(label: <true class>)", in both colours: the worker keeps
             # the lines it drew (render.py) and pastes them into the real figures, whose first lines
             # (the predicted class and its probability) are the only ones it still has to draw.
-            titles = [(f"0.0%\n(label: {name})", colour) for name in names for colour in (RIGHT, WRONG)]
+            # Built by prediction_titles itself: each class as the label of a right and of a wrong guess.
+            count = len(names)
+            guesses = [guess for truth in range(count) for guess in (truth, (truth + 1) % count)]
+            labels = torch.arange(count).repeat_interleave(2)
+            titles = prediction_titles(torch.eye(count)[guesses], labels, list(names))
             for start in range(0, len(titles), self.num_images):
                 batch = titles[start : start + self.num_images]
                 batch += [batch[-1]] * (self.num_images - len(batch))
