@@ -28,8 +28,8 @@ that many bytes.
 * An empty message (id 0, length 0) asks the worker to exit; so does the end
   of its stdin (the parent closed the pipe or died).
 
-Once warm, the worker forks a second drawing process (:class:`_Drawer`) and
-hands it each request that arrives while it is free, so two figures asked at
+At its first request that is not a warm-up, the worker forks a second drawing
+process (:class:`_Drawer`) and hands it each request that arrives while it is free, so two figures asked at
 once are drawn side by side; the parent writes the images in the order it
 asked for them, whichever comes back first.
 
@@ -233,44 +233,53 @@ def worker_main() -> int:
         except Exception:
             pass
 
-    # Forked now, warm: a second drawing process that costs no start-up of its own.
-    drawer = _Drawer.fork((requests, answers)) if DRAWERS > 1 else None
     with answers:
-        try:
-            _serve(requests, answers, drawer)
-        finally:
-            if drawer is not None:
-                drawer.close()
+        _serve(requests, answers)
     # Closing the answers pipe (leaving the block) tells the parent the worker is done; it need not
     # wait while the kernel tears the process down.
     return 0
 
 
-def _serve(requests: IO[bytes], answers: IO[bytes], drawer: _Drawer | None) -> None:
-    """Answer requests until told to stop or stdin ends: each one to the second drawer when it is
-    free, else here; a warm-up to both (each process keeps its own templates)."""
+def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """Answer requests until told to stop or stdin ends.
+
+    Warm-ups are drawn here.  The first other request forks the second
+    drawer (:class:`_Drawer`), warm by then with every template the warm-ups
+    built; from then on each request goes to the drawer when it is free, else
+    is drawn here, and a warm-up goes to both.
+    """
     lock = threading.Lock()  # answers come from this thread and from the drawer's relay
 
     def send(ident: int, payload: bytes) -> None:
         with lock:
             _write_message(answers, ident, payload)
 
-    if drawer is not None:
-        drawer.relay(send)
-    while True:
-        message = _read_message(requests)
-        if message is None or (message[0] == _PATH_ID and not message[1]):
-            return
-        ident, body = message
+    drawer: _Drawer | None = None
+    forked = DRAWERS < 2
+    try:
+        while True:
+            message = _read_message(requests)
+            if message is None or (message[0] == _PATH_ID and not message[1]):
+                return
+            ident, body = message
+            warm_up = _is_warm_up(body)
+            if not warm_up and not forked:
+                forked = True
+                drawer = _Drawer.fork((requests, answers))
+                if drawer is not None:
+                    drawer.relay(send)
+            if drawer is not None:
+                if warm_up:
+                    drawer.give(ident, body)  # its answer is a second one for the same id: the parent drops it
+                elif drawer.give_if_free(ident, body):
+                    continue
+            try:
+                send(ident, pickle.dumps(_answer(body), protocol=_PICKLE))
+            except (BrokenPipeError, OSError, ValueError):
+                return  # the parent is gone
+    finally:
         if drawer is not None:
-            if _is_warm_up(body):
-                drawer.give(ident, body)  # its answer is a second one for the same id: the parent drops it
-            elif drawer.give_if_free(ident, body):
-                continue
-        try:
-            send(ident, pickle.dumps(_answer(body), protocol=_PICKLE))
-        except (BrokenPipeError, OSError, ValueError):
-            return  # the parent is gone
+            drawer.close()
 
 
 def _is_warm_up(body: bytes) -> bool:
@@ -286,10 +295,10 @@ class _Drawer:
     Where an evaluation asks for two figures at once (a confusion matrix and
     the predictions, say) the two are drawn side by side, on two cores, and
     the run's close, which waits for the last figures, waits about half as
-    long.  The fork happens after the worker's imports and warm-ups, so it
-    costs a few milliseconds and no second start-up (a second worker started
-    from scratch competed with training for a second of CPU and was slower
-    in the benchmark).  It ends when its pipe does (the worker exited or
+    long.  The fork happens at the first real request, after the worker's
+    imports and warm-ups, so it costs a few milliseconds and no start-up or
+    warm-up of its own (a second worker started from scratch competed with
+    training for a second of CPU and was slower in the benchmark).  It ends when its pipe does (the worker exited or
     closed it) or when the worker is gone.
     """
 
