@@ -28,10 +28,11 @@ that many bytes.
 * An empty message (id 0, length 0) asks the worker to exit; so does the end
   of its stdin (the parent closed the pipe or died).
 
-At its first request that is not a warm-up, the worker forks a second drawing
-process (:class:`_Drawer`) and hands it each request that arrives while it is free, so two figures asked at
-once are drawn side by side; the parent writes the images in the order it
-asked for them, whichever comes back first.
+At its first request that is not a warm-up, the worker forks a second
+drawing process (:class:`_Drawer`) and hands it each request that arrives
+while it is free, so two figures asked at once are drawn side by side; the
+parent writes the images in the order it asked for them, whichever comes
+back first.
 
 The worker ignores SIGINT and SIGTERM (blocked from its first instruction,
 ignored once it runs): Ctrl-C in a terminal and a SIGTERM to the process group
@@ -183,9 +184,11 @@ def image_summary(pixels: Any, tag: str) -> bytes:
 # ---------------------------------------------------------------------------
 
 
-def _answer(body: bytes) -> tuple[bytes | None, str | None]:
+def _answer(body: bytes, request: tuple[Any, ...] | None = None) -> tuple[bytes | None, str | None]:
+    """``(summary, error)`` for a request's ``body``; ``request`` is that body unpickled, when the caller
+    has done it already."""
     try:
-        fn, args, kwargs, tag = pickle.loads(body)
+        fn, args, kwargs, tag = pickle.loads(body) if request is None else request
         return image_summary(fn(*args, **kwargs), tag), None
     except Exception:
         return None, traceback.format_exc().rstrip()
@@ -262,7 +265,11 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
             if message is None or (message[0] == _PATH_ID and not message[1]):
                 return
             ident, body = message
-            warm_up = _is_warm_up(body)
+            try:
+                request: tuple[Any, ...] | None = pickle.loads(body)
+            except Exception:
+                request = None  # _answer unpickles it again and reports why it cannot
+            warm_up = request is not None and request[3] == WARM_UP_TAG
             if not warm_up and not forked:
                 forked = True
                 drawer = _Drawer.fork((requests, answers))
@@ -274,19 +281,12 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
                 elif drawer.give_if_free(ident, body):
                     continue
             try:
-                send(ident, pickle.dumps(_answer(body), protocol=_PICKLE))
+                send(ident, pickle.dumps(_answer(body, request), protocol=_PICKLE))
             except (BrokenPipeError, OSError, ValueError):
                 return  # the parent is gone
     finally:
         if drawer is not None:
             drawer.close()
-
-
-def _is_warm_up(body: bytes) -> bool:
-    try:
-        return bool(pickle.loads(body)[3] == WARM_UP_TAG)
-    except Exception:
-        return False
 
 
 class _Drawer:
@@ -298,8 +298,9 @@ class _Drawer:
     long.  The fork happens at the first real request, after the worker's
     imports and warm-ups, so it costs a few milliseconds and no start-up or
     warm-up of its own (a second worker started from scratch competed with
-    training for a second of CPU and was slower in the benchmark).  It ends when its pipe does (the worker exited or
-    closed it) or when the worker is gone.
+    training for a second of CPU and was slower in the benchmark).  It ends
+    when its pipe does (the worker exited or closed it) or when the worker
+    is gone.
     """
 
     def __init__(self, pid: int, inbox: IO[bytes], outbox: IO[bytes]) -> None:
