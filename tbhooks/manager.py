@@ -100,9 +100,10 @@ class _PluginManager(pluggy.PluginManager):
     (``inspect.getattr_static``, tens of microseconds a name): a few
     milliseconds for the built-in plugins at every run's start.  Dunders are
     never events; a plain function in the class that carries no ``@hookimpl``
-    mark is a method and nothing more.  Anything else (instance attributes,
-    static and class methods, descriptors, modules' attributes) still takes
-    pluggy's own path.
+    mark is a method and nothing more; a property or other descriptor in the
+    class is not an implementation either, and is not evaluated (pluggy 1.5
+    and 1.6 would call it).  Anything else (instance attributes, static and
+    class methods, modules' attributes) still takes pluggy's own path.
     """
 
     def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
@@ -113,6 +114,10 @@ class _PluginManager(pluggy.PluginManager):
                 if name in klass.__dict__:
                     found = klass.__dict__[name]
                     if isinstance(found, FunctionType) and not hasattr(found, _IMPL_MARK):
+                        return None
+                    if not isinstance(found, (FunctionType, staticmethod, classmethod)):
+                        # A property or another descriptor: never an implementation, and pluggy
+                        # before 1.7 would evaluate it (getattr) to find that out.
                         return None
                     break
         return super().parse_hookimpl_opts(plugin, name)

@@ -1,6 +1,9 @@
 """A slow training run for the signal tests: prints each step once its loss has been handed to the writer.
 
-Usage: python _train_child.py LOGDIR FLUSH_SECS
+Usage: python _train_child.py LOGDIR FLUSH_SECS [--bare]
+
+``--bare`` runs the same loop by hand, without tbhooks: the reference for the exit status a
+signal leaves on this interpreter and platform.
 """
 
 from __future__ import annotations
@@ -28,11 +31,26 @@ def slow_loss(prediction, targets):
     return nn.functional.cross_entropy(prediction, targets)
 
 
+def bare(model: nn.Module, loader: torch.utils.data.DataLoader) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    step = 0
+    for _ in range(100):
+        for inputs, targets in loader:
+            optimizer.zero_grad()
+            slow_loss(model(inputs), targets).backward()
+            optimizer.step()
+            step += 1
+            print(f"step {step}", flush=True)
+
+
 def main() -> None:
     logdir, flush_secs = sys.argv[1], float(sys.argv[2])
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(4000, 6), torch.randint(0, 3, (4000,)))
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    if "--bare" in sys.argv:
+        bare(model, torch.utils.data.DataLoader(data, batch_size=4))
+        return
     trainer = tbhooks.Trainer(
         model,
         torch.optim.SGD(model.parameters(), lr=0.01),
