@@ -74,7 +74,7 @@ def histogram_times(device: torch.device, elements: int, repeat: int, lines: lis
     )
 
 
-def overhead(device: torch.device, steps: int, reps: int, lines: list[str]) -> None:
+def overhead(device: torch.device, steps: int, reps: int, lines: list[str], attribute: bool = False) -> None:
     import tbhooks
     from tbhooks.manager import BUILTIN_PLUGINS
 
@@ -104,6 +104,8 @@ def overhead(device: torch.device, steps: int, reps: int, lines: list[str]) -> N
             opt.step()
         sync(device)
 
+    seen: dict[str, list[float]] = {}  # plugin -> ms per run, from the measured row's own scalars
+
     def fit(**options: object) -> None:
         net = model()
         opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
@@ -112,7 +114,13 @@ def overhead(device: torch.device, steps: int, reps: int, lines: list[str]) -> N
                 net, opt, nn.CrossEntropyLoss(), logdir=logdir, device=device, progress=False, **options
             )
             trainer.fit(batches, epochs=1)  # fit closes the run: background work and the event file included
-        sync(device)
+            sync(device)
+            if options.get("measure_overhead"):
+                from tbhooks.testing import read_events
+
+                for tag, points in read_events(Path(logdir)).scalars.items():
+                    if tag.startswith("tbhooks/overhead_ms/"):
+                        seen.setdefault(tag.rsplit("/", 1)[1], []).extend(p.value * steps for p in points)
 
     def default() -> None:
         fit(autoload=False)  # the built-in plugins at their defaults, as make bench's default row
@@ -120,7 +128,12 @@ def overhead(device: torch.device, steps: int, reps: int, lines: list[str]) -> N
     def core() -> None:
         fit(autoload=False, disable=list(BUILTIN_PLUGINS))  # the Trainer and its events, no plugin
 
+    def measured() -> None:
+        fit(autoload=False, measure_overhead=True)  # where the default row's time goes, plugin by plugin
+
     rows = {"bare loop": bare, "tbhooks, no plugins": core, "tbhooks default": default}
+    if attribute:
+        rows["tbhooks default + measure_overhead"] = measured
     times: dict[str, list[float]] = {name: [] for name in rows}
     for rep in range(reps + 1):  # repetition 0 warms up (cuDNN, kernels, imports) and is dropped
         order = list(rows.items())
@@ -138,6 +151,20 @@ def overhead(device: torch.device, steps: int, reps: int, lines: list[str]) -> N
         )
         print(text, flush=True)
         lines.append(text)
+    if seen:
+        extra = steps / statistics.median(rates["tbhooks default"]) - steps / bare_rate
+        parts = ", ".join(
+            f"{name} {statistics.median(v):.1f}"
+            for name, v in sorted(seen.items(), key=lambda kv: -statistics.median(kv[1]))
+        )
+        text = (
+            f"- where the default row's time goes, in ms per run of {steps:,} steps, as tbhooks measures itself "
+            f"(`measure_overhead=True`: each plugin's hook calls in the epoch, syncs they force included; "
+            f"median of the timed runs): {parts}; "
+            f"the default row took {extra * 1e3:.0f} ms a run more than the bare loop"
+        )
+        print(text, flush=True)
+        lines.append(text)
 
 
 def device_name(device: torch.device) -> str:
@@ -150,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions of each row")
     parser.add_argument("--elements", type=int, default=20_000_000, help="values in the histogram's tensor")
     parser.add_argument("--device", default="cuda", help="cpu only to try the script out; the checks are for cuda")
+    parser.add_argument(
+        "--attribute",
+        action="store_true",
+        help="also time the default row with measure_overhead=True, plugin by plugin",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the findings to this Markdown file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -163,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     status = cuda_tests(lines) if device.type == "cuda" else 0
     histogram_times(device, args.elements, 5, lines)
-    overhead(device, args.steps, args.reps, lines)
+    overhead(device, args.steps, args.reps, lines, attribute=args.attribute)
     report = "\n".join(lines) + "\n"
     print(report, flush=True)
     if args.out:

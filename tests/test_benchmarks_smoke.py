@@ -195,3 +195,27 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
     # The per-plugin costs tbhooks measured itself: one line per default plugin that has hooks.
     plugins = {r[0] for r in _table(text, "plugin")}
     assert {"scalars", "histograms"} <= plugins
+
+
+@pytest.mark.slow
+def test_cuda_check_runs_on_the_cpu_and_attributes_the_default_row(tmp_path: Path) -> None:
+    """``benchmarks/cuda_check.py`` runs only on lent GPU machines: tried out here on the CPU, tiny sizes.
+
+    Its attribution line (``--attribute``) adds up what ``measure_overhead=True`` wrote: the graph
+    plugin traces once per run, so it cannot be missing from it.
+    """
+    out = tmp_path / "cuda.md"
+    command = [sys.executable, str(ROOT / "benchmarks" / "cuda_check.py"), "--device", "cpu"]
+    command += ["--steps", "30", "--reps", "1", "--elements", "10000", "--attribute", "--out", str(out)]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = out.read_text()
+    for row in ("bare loop", "tbhooks, no plugins", "tbhooks default", "tbhooks default + measure_overhead"):
+        assert re.search(
+            rf"^- {re.escape(row)}: [\d,]+ steps/s \(range [\d,]+–[\d,]+\), ratio to bare \d\.\d{{3}}$", report, re.M
+        ), row
+    attribution = re.search(r"median of the timed runs\): (.*); the default row took -?\d+ ms a run more", report)
+    assert attribution, report
+    per_plugin = dict(part.rsplit(" ", 1) for part in attribution.group(1).split(", "))
+    assert float(per_plugin["graph"]) > 0, per_plugin
+    assert "histogram of 10,000 float32 values" in report
