@@ -380,9 +380,11 @@ def add_graph_def(model: nn.Module, x: torch.Tensor, logdir: Path) -> object:
     with warnings.catch_warnings():
         # add_graph's torch.jit.trace: deprecated in recent torch (FutureWarning), and a
         # TracerWarning where a value is read from a tensor; neither is under test here.
-        # torch 2.11 says DeprecationWarning where 2.14 says FutureWarning.
+        # torch 2.11 says DeprecationWarning (for trace and trace_method) where 2.14 says FutureWarning.
         warnings.simplefilter("ignore", FutureWarning)
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace` is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated", category=DeprecationWarning
+        )
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         writer.add_graph(model.eval(), x)
     writer.close()

@@ -41,9 +41,10 @@ def usual_exit_status(tmp_path: Path, sig: signal.Signals) -> int:
     """The status the same loop written by hand, without tbhooks, ends with on ``sig`` here.
 
     Python exits a script that a KeyboardInterrupt ended by killing itself with SIGINT
-    (status -2), and one that SIGTERM reaches dies of it (-15); but a platform may differ
-    (in a GPU sandbox, under gVisor, Python 3.12 exited with 1 on SIGINT), so the reference
-    is measured there and then rather than written in.
+    (status -2), and one that SIGTERM reaches dies of it (-15).  On a GPU machine (gVisor,
+    Python 3.12, torch 2.11) this test once saw the tbhooks child exit with 1 on SIGINT; a
+    rerun passed, and a plain script there exits with -2, so the cause is not known.  The
+    reference is measured there and then: what is asserted is that tbhooks changes nothing.
     """
     proc = start(tmp_path / "bare", 600, "--bare")
     wait_for_step(proc, 5)
