@@ -28,6 +28,17 @@ def pid_image(height: int = 2, width: int = 3, pause: float = 0.0) -> np.ndarray
     return pixels
 
 
+def age_image() -> np.ndarray:
+    """A 3x1 image: how long ago, in ms, the drawing process was created (Linux: ``/proc``), its id and its
+    parent's, each as R, G, B = bytes 2, 1, 0.  A process forked for the request is a few ms old."""
+    with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+        started = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: the start, in clock ticks
+        now = float(uptime.read().split()[0])
+    age = max(0, round((now - started / os.sysconf("SC_CLK_TCK")) * 1000))
+    values = (age, os.getpid(), os.getppid())
+    return np.array([[[(v >> 16) & 255, (v >> 8) & 255, v & 255]] for v in values], dtype=np.uint8)
+
+
 def flat(value: int, pause: float = 0.0) -> np.ndarray:
     """A 2x2 RGB image of one grey ``value``, after ``pause`` seconds."""
     time.sleep(pause)
