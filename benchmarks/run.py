@@ -981,6 +981,7 @@ class LockRow:
     title: str
     fn: Callable[[Workload], None]
     target: float | None = None
+    reps: int | None = None  # runs of this row (None: one per repetition)
     ratios: list[float] = field(default_factory=list)  # bare steps' CPU time / the row's own time, per run
     waits: list[float] = field(default_factory=list)  # the bare steps' wall - CPU time per step (s), per run
     bare_steps: list[float] = field(default_factory=list)  # the bare steps' mean CPU time (s), per run
@@ -988,10 +989,21 @@ class LockRow:
     corrected: list[float] = field(default_factory=list)  # ratios with the control's excess taken out, per run
 
 
+PEERS = ("tutorial", "lightning", "ignite")
+"""Rows run once in the lockstep table: no target applies to them, one lockstep run already tells them
+apart (their runs' spread was under 4 points), and their repetitions took about a minute of the bench."""
+
+
 def make_lock_rows(rows: list[Row]) -> list[LockRow]:
     """The lockstep rows: every row of the main table that ran (the bare loop against itself is the control)."""
     return [
-        LockRow(r.key, r.title + (" (control)" if r.key == "bare" else ""), r.fn, r.target)
+        LockRow(
+            r.key,
+            r.title + (" (control)" if r.key == "bare" else " (1 run)" if r.key in PEERS else ""),
+            r.fn,
+            r.target,
+            reps=1 if r.key in PEERS else None,
+        )
         for r in rows
         if not r.skipped
     ]
@@ -1000,6 +1012,8 @@ def make_lock_rows(rows: list[Row]) -> list[LockRow]:
 def run_lockstep(w: Workload, rows: list[LockRow]) -> None:
     """Each row once per repetition with a :class:`Lockstep` loader; repetitions interleaved and rotated."""
     for row in rotations(rows, w.config.lockstep_reps, "lockstep repetition"):
+        if row.reps is not None and len(row.runs) >= row.reps:
+            continue
         gc.collect()
         torch.set_num_threads(1)
         paired = Lockstep(w)
@@ -1397,7 +1411,8 @@ def render(
     say(
         "Separate runs on this machine scatter by several percent from one run to the next (the bare loop's "
         "own range above), more than the differences the targets are about. Here each row runs once per "
-        f"repetition ({config.lockstep_reps} interleaved repetitions) with a training loader that, before "
+        f"repetition ({config.lockstep_reps} interleaved repetitions; the peers, to which no target applies, "
+        "in the first only) with a training loader that, before "
         "handing the row each batch, runs one step of the bare loop on its own copy of the network and its "
         "own iterator over the same data, timed with the training thread's CPU clock. The bare loop and the "
         "row so alternate step by step in one run and share whatever the machine does meanwhile. Ratio = the "
