@@ -108,13 +108,26 @@ def _write_message(stream: IO[bytes], ident: int, body: bytes) -> None:
     stream.flush()
 
 
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    """``size`` bytes, fewer only at the end of the stream.  An unbuffered stream's read of a pipe
+    returns what the pipe holds, which may be less: it is read again."""
+    data = stream.read(size)
+    if len(data) == size or not data:
+        return data
+    chunks, got = [data], len(data)
+    while got < size and (more := stream.read(size - got)):
+        chunks.append(more)
+        got += len(more)
+    return b"".join(chunks)
+
+
 def _read_message(stream: IO[bytes]) -> tuple[int, bytes] | None:
     """The next ``(id, body)``, or ``None`` at the end of the stream (the other side is gone)."""
-    header = stream.read(_HEADER.size)
+    header = _read_exactly(stream, _HEADER.size)
     if len(header) < _HEADER.size:
         return None
     ident, length = _HEADER.unpack(header)
-    body = stream.read(length) if length else b""
+    body = _read_exactly(stream, length) if length else b""
     if len(body) < length:
         return None
     return ident, body
@@ -210,7 +223,9 @@ def worker_main() -> int:
         pass
     # The pipes get their own descriptors; fds 0 and 1 are pointed elsewhere so that a
     # drawing function that prints (or reads stdin) cannot corrupt the protocol.
-    requests = os.fdopen(os.dup(0), "rb")
+    # Unbuffered: the worker tells "nothing more to do" from its descriptor (_arrives), and a buffer
+    # would hold requests already read from it (several warm-ups, say) where that cannot see them.
+    requests = os.fdopen(os.dup(0), "rb", buffering=0)
     answers = os.fdopen(os.dup(1), "wb")
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)

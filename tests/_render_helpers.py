@@ -51,6 +51,14 @@ def noisy(value: int) -> np.ndarray:
     return flat(value)
 
 
+def count(path: str, pause: float = 0.0) -> np.ndarray:
+    """Appends a line with the drawing process's id and its parent's to ``path``, after ``pause`` seconds."""
+    time.sleep(pause)
+    with open(path, "a") as file:
+        file.write(f"{os.getpid()} {os.getppid()}\n")
+    return flat(1)
+
+
 def mark(path: str) -> np.ndarray:
     """Writes the drawing process's id and its parent's to ``path.<pid>``; draws a flat image."""
     with open(f"{path}.{os.getpid()}", "w") as file:

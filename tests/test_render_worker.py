@@ -379,6 +379,24 @@ def test_the_second_drawing_process_is_forked_while_the_worker_idles_after_its_w
 
 
 @needs_fork
+def test_warm_ups_asked_together_are_drawn_once_before_the_fork(direct, tmp_path):
+    renderer, _, _ = direct
+    drawn = tmp_path / "drawn"
+    for _ in range(4):  # as a plugin's on_fit_start asks them: all at once, each taking a while
+        renderer.submit(helpers.count, (str(drawn), 0.3), {}, tag="warm-up", step=0, writer=None)
+    worker = renderer._worker
+    assert worker.started.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while len(drawn.read_text().splitlines() if drawn.exists() else []) < 4:
+        assert time.monotonic() < deadline, "the warm-ups were not drawn"
+        time.sleep(0.05)
+    time.sleep(0.5)  # the worker idles now: it forks, and nothing is drawn again
+    # Each drawn once, by the worker: none was still waiting when the worker decided it was idle
+    # (a fork then would draw the rest twice, in both processes, while training runs).
+    assert drawn.read_text().splitlines() == [f"{renderer.pid} {os.getpid()}"] * 4
+
+
+@needs_fork
 def test_a_dead_second_drawing_process_is_an_error_report_and_the_worker_draws_on(direct):
     renderer, writer, logdir = direct
     renderer.submit(helpers.exit_process, (3,), {}, tag="gone", step=1, writer=writer)  # to the fork: it exits
