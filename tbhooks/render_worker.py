@@ -334,11 +334,11 @@ class _Drawer:
     happens after the worker's imports and warm-ups, so it costs a few
     milliseconds and no start-up or warm-up of its own (a second worker
     started from scratch competed with training for a second of CPU and was
-    slower in the benchmark); and while the worker idles, not at the first
-    figures, whose wait it would lengthen (in the benchmark's runs, whose
-    only evaluation is at their end, the close waited about 45 ms for the
-    last two figures with the fork made then, about 35 ms with it made
-    while idle).  It ends
+    slower in the benchmark); and while the worker idles, so that the fork
+    and its first copies of memory are not in the first figures' time (in
+    probes of the benchmark's runs, whose only evaluation is at their end,
+    the close's wait for the last two figures was 25 to 65 ms with the fork
+    made either way: within the noise).  It ends
     when its pipe does (the worker exited or closed it) or when the worker
     is gone.
     """
