@@ -83,10 +83,10 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_HEADER = struct.Struct(">IIBBBBB")  # width, height, bit depth, colour type, compression, filter, interlace
 _PNG_LENGTH = struct.Struct(">I")
 DRAWERS = 1 if os.environ.get("TBHOOKS_RENDER_DRAWERS") == "1" else 2
-_FORK_AFTER_IDLE_S = 0.2
-"""Seconds without a request, after the warm-ups, before the worker forks its second drawer."""
 """Drawing processes of the worker: itself and, where ``os.fork`` exists, a fork of it (see :class:`_Drawer`).
 ``TBHOOKS_RENDER_DRAWERS=1`` keeps it to one."""
+_FORK_AFTER_IDLE_S = 0.2
+"""Seconds without a request, after the warm-ups, before the worker forks its second drawer."""
 WARM_UP_TAG = "warm-up"
 """The tag of a warm-up request (:meth:`tbhooks.run.Run.warm_up_render`): drawn, never written."""
 WARM_UP = "tbhooks_warm_up"
@@ -262,11 +262,12 @@ def worker_main() -> int:
 
 
 def _arrives(stream: IO[bytes], seconds: float) -> bool:
-    """Whether ``stream``'s descriptor has something to read within ``seconds`` (False where it cannot tell)."""
+    """Whether ``stream``'s descriptor has something to read within ``seconds``; True where it cannot tell
+    (a closed stream, say: the read that follows finds out, and nothing is forked for it)."""
     try:
         ready, _, _ = select.select([stream], [], [], seconds)
     except (OSError, ValueError):
-        return False
+        return True
     return bool(ready)
 
 
