@@ -15,24 +15,126 @@ append mode.  Every record still reaches the operating system as soon as it
 is written (as the ``GFile`` did it, so a killed process loses nothing more),
 the bytes are identical, and TensorBoard's reader verifies every checksum
 with its own code.  Only the run's writer changes; nothing process-wide.
+
+:func:`summary_event`, :func:`scalars_summary` and :func:`histograms_summary`
+build the bytes of an ``Event`` and of a ``Summary`` without protobuf objects: a plugin's
+logging step runs between cold caches, where building and serializing the
+messages took most of its time (about 90 us for one event of two scalars,
+against about 10 us).  The bytes are those ``SerializeToString`` gives
+(``tests/test_event_records.py`` compares them), and :func:`write_event`
+queues them as ``add_event`` queues its serialized event.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import struct
-from typing import TYPE_CHECKING, BinaryIO
+import time
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+import numpy as np
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as _python_masked_crc32c
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping, Sequence
 
     from torch.utils.tensorboard import SummaryWriter
 
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
+_DOUBLE = struct.Struct("<d")
+_FLOAT = struct.Struct("<f")
+_INFINITIES = (_FLOAT.pack(math.inf), _FLOAT.pack(-math.inf))
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's varint of a (u)int64; a negative int64 is its two's complement, ten bytes."""
+    value &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _float32(value: float) -> bytes:
+    """``value`` as protobuf stores a ``float`` field: rounded to float32, beyond its range infinite."""
+    try:
+        return _FLOAT.pack(value)
+    except OverflowError:
+        return _INFINITIES[value < 0]
+
+
+def scalars_summary(values: Mapping[str, float]) -> bytes:
+    """A serialized ``Summary`` with one ``simple_value`` per tag, in ``values``' order."""
+    parts = []
+    for tag, value in values.items():
+        name = tag.encode()
+        item = b"\x0a" + _varint(len(name)) + name + b"\x15" + _float32(value)
+        parts.append(b"\x0a" + _varint(len(item)) + item)
+    return b"".join(parts)
+
+
+def _double(field: int, value: float) -> bytes:
+    """A proto3 ``double`` field: left out when it is +0.0 (the default), as protobuf leaves it out."""
+    if value == 0 and math.copysign(1.0, value) > 0:
+        return b""
+    return bytes((field << 3 | 1,)) + _DOUBLE.pack(value)
+
+
+def histograms_summary(tags: Sequence[str], stats: np.ndarray, limits: np.ndarray, counts: np.ndarray) -> bytes:
+    """A serialized ``Summary`` with one ``histo`` value per tag: what ``add_histogram_raw`` writes per tag.
+
+    ``stats`` is ``[N, 5]`` (min, max, num, sum, sum of squares), ``limits`` and
+    ``counts`` ``[N, bins]`` (float64): the buckets' right edges and counts,
+    each row written as a packed field in one ``tobytes`` call.
+    """
+    parts = []
+    limit_bytes = np.ascontiguousarray(limits, dtype="<f8")
+    count_bytes = np.ascontiguousarray(counts, dtype="<f8")
+    rows = stats.tolist()
+    for index, tag in enumerate(tags):
+        low, high, num, total, square = rows[index]
+        edges, buckets = limit_bytes[index].tobytes(), count_bytes[index].tobytes()
+        histo = b"".join(
+            (
+                _double(1, low),
+                _double(2, high),
+                _double(3, num),
+                _double(4, total),
+                _double(5, square),
+                b"\x32" + _varint(len(edges)) + edges if edges else b"",
+                b"\x3a" + _varint(len(buckets)) + buckets if buckets else b"",
+            )
+        )
+        name = tag.encode()
+        item = b"\x0a" + _varint(len(name)) + name + b"\x2a" + _varint(len(histo)) + histo
+        parts.append(b"\x0a" + _varint(len(item)) + item)
+    return b"".join(parts)
+
+
+def summary_event(summary: bytes, step: int, wall_time: float | None = None) -> bytes:
+    """A serialized ``Event`` holding the serialized ``summary`` at ``step`` (wall time: now)."""
+    stamp = time.time() if wall_time is None else wall_time
+    head = b"\x09" + _DOUBLE.pack(stamp) if stamp else b""  # proto3 leaves zeros out
+    if step:
+        head += b"\x10" + _varint(step)
+    return head + b"\x2a" + _varint(len(summary)) + summary
+
+
+def write_event(writer: SummaryWriter, event: bytes) -> None:
+    """Queue the serialized ``event`` for ``writer``'s event file, as ``add_event`` queues its event."""
+    event_writer: Any = writer._get_file_writer().event_writer
+    queue_writer = getattr(event_writer, "_async_writer", None)
+    if queue_writer is None:  # another layout: through the public method
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        event_writer.add_event(Event.FromString(event))
+    else:
+        queue_writer.write(event)
 
 
 def c_masked_crc32c(data: bytes) -> int:

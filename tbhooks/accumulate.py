@@ -9,7 +9,12 @@ Nothing here reads a value back: that is left to the caller, on a step that logs
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class DeviceSum:
@@ -18,30 +23,48 @@ class DeviceSum:
     :param fold: how many references to hold before folding them into the total.
     """
 
-    __slots__ = ("_fold", "_pending", "_total", "count")
+    __slots__ = ("_fold", "_folded", "_pending", "_total", "append")
 
     def __init__(self, fold: int = 256) -> None:
         self._fold = fold
         self._pending: list[torch.Tensor] = []
+        self.append: Callable[[torch.Tensor], None] = self._pending.append
+        """Add a value without checking whether to fold: the training step's path, where every
+        call counts.  Whoever calls it calls :meth:`fold_if_full` every few steps."""
         self._total: torch.Tensor | None = None
-        self.count = 0
+        self._folded = 0
+
+    @property
+    def count(self) -> int:
+        """How many values were added since the last reset."""
+        return self._folded + len(self._pending)
 
     def add(self, value: torch.Tensor) -> None:
         """Add a detached scalar tensor (a one-element tensor of any float dtype)."""
         self._pending.append(value)
-        self.count += 1
+        if len(self._pending) >= self._fold:
+            self._collapse()
+
+    def fold_if_full(self) -> None:
+        """Fold the pending references when there are ``fold`` or more (after :attr:`append`)."""
         if len(self._pending) >= self._fold:
             self._collapse()
 
     def _collapse(self) -> None:
-        pending = [v if v.ndim == 0 else v.reshape(()) for v in self._pending]
-        stacked = torch.stack(pending)
+        pending = self._pending
+        try:
+            # Losses are 0-d tensors of one shape: stacked as they are, with no per-value check
+            # (a logging step runs between cold caches, where each Python operation counts).
+            stacked = torch.stack(pending)
+        except RuntimeError:  # one-element tensors of different shapes
+            stacked = torch.stack([v.reshape(()) for v in pending])
         # float64 where the device has it: totals are subtracted to get interval sums.  Summed
         # with dtype= rather than converted first: one operation fewer on a step that logs.
         dtype = torch.float32 if stacked.device.type == "mps" else torch.float64
         folded = stacked.sum(dtype=dtype)
         self._total = folded if self._total is None else self._total + folded
-        self._pending = []
+        self._folded += len(pending)
+        pending.clear()  # in place: ``append`` stays bound to this list
 
     def total(self) -> torch.Tensor | None:
         """The sum so far as a float64 tensor (float32 on MPS) on the values' device, or ``None`` when empty."""
@@ -56,6 +79,6 @@ class DeviceSum:
 
     def reset(self) -> None:
         """Forget everything added."""
-        self._pending = []
+        self._pending.clear()
         self._total = None
-        self.count = 0
+        self._folded = 0

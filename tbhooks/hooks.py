@@ -171,7 +171,7 @@ class Hooks:
         self.step = start_step
         self._next_epoch = start_epoch
         self.epoch = start_epoch
-        self.batch_idx = 0
+        self._epoch_first_step = start_step  # the step before this epoch's first batch
         self.last_metrics: dict[str, float] = {}
         self._host = PluginHost(
             pm, sources, strict=self.strict, measure=measure_overhead, trace=env_flag("TBHOOKS_TRACE")
@@ -192,6 +192,7 @@ class Hooks:
         )
         self.run.step, self.run.epoch = self.step, self.epoch
         self.run.stop_on_nonfinite = stop_on_nonfinite
+        self._add_loss = self.run.train_losses.append
         self._capturer = Capturer(self.model)
         self._attached = False
         self._batch_end_checks: list[Callable[[int], bool]] | None = None
@@ -229,6 +230,11 @@ class Hooks:
     def should_stop(self) -> bool:
         """Whether a plugin asked the loop to stop (``run.request_stop``); check it after each batch."""
         return self.run.stop_reason is not None
+
+    @property
+    def batch_idx(self) -> int:
+        """How many training batches this epoch has had so far (the index the next one gets)."""
+        return self.step - self._epoch_first_step
 
     @property
     def logdir(self) -> Path:
@@ -291,7 +297,7 @@ class Hooks:
         """Fire ``on_epoch_start`` for the next epoch."""
         self.fit_start()
         self.epoch = self.run.epoch = self._next_epoch
-        self.batch_idx = 0
+        self._epoch_first_step = self.step
         self.run.train_losses.reset()
         self.run.last_inputs = None
         for name in self._host.overhead:
@@ -312,6 +318,7 @@ class Hooks:
         if due:
             self._capturer.attach(due)
             self._attached = True
+            self._next_dispatch = 0  # batch_end must dispatch what is captured
         self._next_capture = self._capturer.next_step(step + 1)
 
     def batch_end(self, inputs: Any, targets: Any, outputs: Any, loss: torch.Tensor | None = None) -> None:
@@ -320,41 +327,49 @@ class Hooks:
         When every plugin implementing ``on_batch_end`` has a ``batch_end_due(step)``
         method and none is due, the event is skipped (see the README's
         "Writing a plugin"); the loss still counts toward ``run.train_losses``.
-        On such a step the core does no more than keep a reference to the
-        detached loss and to the inputs (``run.last_inputs``).
+        On such a step the core does no more than count the step and keep a
+        reference to the loss's value and to the inputs (``run.last_inputs``):
+        no tensor operation, no read-back.
         """
+        # Between two training steps every Python operation runs from cold caches (about a
+        # microsecond each), and what runs here also evicts the training step's own: the
+        # common step is kept to a handful of operations.
+        self.step = step = self.step + 1
+        run = self.run
+        run.step = step
+        run.last_inputs = inputs
+        if loss is not None:
+            # .data: the value without autograd's graph, like .detach() but without a trip
+            # through the dispatcher.  Kept on the device: read back only on steps that log.
+            self._add_loss(loss.data)
+        if step < self._next_dispatch:
+            return
+        self._batch_end_due(step, inputs, targets, outputs, loss)
+
+    def _batch_end_due(self, step: int, inputs: Any, targets: Any, outputs: Any, loss: torch.Tensor | None) -> None:
+        """The rest of :meth:`batch_end`, on steps where something may be due (at least every
+        :data:`LOOKAHEAD` steps): raise ``on_batch_end`` when some plugin is due or something was captured."""
+        self.run.train_losses.fold_if_full()
         captured: dict[str, torch.Tensor] = {}
         if self._attached:
             self._attached = False
             self._capturer.detach()
             captured = self._capturer.take()
-        run = self.run
-        self.step = step = self.step + 1
-        run.step = step
-        run.last_inputs = inputs
-        if loss is not None:
-            loss = loss.detach()
-            # Kept on the device: means are read back only on steps that log.
-            run.train_losses.add(loss)
-        index = self.batch_idx
-        self.batch_idx = index + 1
         if not captured:
-            if step < self._next_dispatch:
-                return
             checks = self._batch_end_checks
             if checks is not None and not any(due(step) for due in checks):
                 self._next_dispatch = self._find_next_dispatch(step + 1)
                 return
         prediction = select_output(outputs, self.output).detach()
         self._host.hook.on_batch_end(
-            run=run,
+            run=self.run,
             step=step,
             epoch=self.epoch,
-            batch_idx=index,
+            batch_idx=step - self._epoch_first_step - 1,
             inputs=inputs,
             targets=targets,
             outputs=prediction,
-            loss=loss,
+            loss=None if loss is None else loss.detach(),
             captured=captured,
         )
 
@@ -369,9 +384,10 @@ class Hooks:
             metrics["loss"] = float(sums[0] / sums[1])
             self.check_finite("train/epoch_loss", metrics["loss"])
         self._host.hook.on_epoch_end(run=self.run, step=self.step, epoch=self.epoch, metrics=metrics)
-        if self._measure and self.batch_idx:
+        batches = self.batch_idx
+        if self._measure and batches:
             for name, seconds in self._host.overhead.items():
-                self.run.writer.add_scalar(f"tbhooks/overhead_ms/{name}", seconds * 1000 / self.batch_idx, self.step)
+                self.run.writer.add_scalar(f"tbhooks/overhead_ms/{name}", seconds * 1000 / batches, self.step)
         self._next_epoch = self.epoch + 1
         self._next_dispatch = 0
         self.flush()

@@ -890,10 +890,12 @@ class RenderProcess:
 
     @staticmethod
     def _write(request: _Request, summary: bytes) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
+        # The worker's serialized Summary goes into the event as it is: parsing and
+        # serializing it again would copy the PNG twice, holding the GIL.
+        from tbhooks._records import summary_event, write_event
 
-        writer: Any = request.writer
-        writer._get_file_writer().add_summary(Summary.FromString(summary), request.step, request.walltime)
+        if request.writer is not None:
+            write_event(request.writer, summary_event(summary, request.step, request.walltime))
 
 
 def calling_object(frame: types.FrameType | None, skip: object, depth: int = 3) -> object | None:

@@ -27,3 +27,26 @@ def test_empty_and_reset():
     acc.add(torch.tensor(2.0))
     acc.reset()
     assert acc.count == 0 and acc.total() is None
+
+
+def test_append_defers_the_fold_to_fold_if_full():
+    acc = DeviceSum(fold=4)
+    for value in range(6):
+        acc.append(torch.tensor(float(value)))
+    assert acc.count == 6 and len(acc._pending) == 6  # append never folds
+    acc.fold_if_full()
+    assert acc.count == 6 and not acc._pending
+    acc.append(torch.tensor(10.0))
+    acc.fold_if_full()  # 1 pending < fold: kept
+    assert len(acc._pending) == 1
+    assert float(acc.total()) == 25.0 and acc.count == 7
+    acc.reset()
+    acc.append(torch.tensor(1.0))  # reset keeps the list append is bound to
+    assert float(acc.total()) == 1.0 and acc.count == 1
+
+
+def test_values_of_mixed_one_element_shapes_are_summed():
+    acc = DeviceSum()
+    for value in (torch.tensor(1.5), torch.tensor([2.0]), torch.tensor([[0.25]])):
+        acc.add(value)
+    assert float(acc.total()) == 3.75

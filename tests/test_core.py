@@ -221,3 +221,29 @@ def test_batch_end_due_is_asked_ahead_and_again_after_every_event(tmp_path):
     total = 2 * per_epoch
     expected = sorted({s for s in range(1, total + 1) if s % 29 == 0} | {60, per_epoch + 3})
     assert plugin.steps == expected
+
+
+def test_losses_kept_between_events_stay_bounded_and_sum_exactly(tmp_path):
+    # On steps where nothing is due the core only appends a reference to the loss; the
+    # references are folded on the steps it looks ahead (at least every LOOKAHEAD steps),
+    # so even with no plugin at all the epoch's losses are not all held.
+    from tbhooks.accumulate import DeviceSum
+    from tbhooks.hooks import LOOKAHEAD
+
+    model = nn.Linear(2, 2)
+    losses = [float(i % 7) / 8 for i in range(1000)]
+    most = 0
+    with tbhooks.attach(model, logdir=tmp_path, disable=[*QUIET, "scalars"], autoload=False) as hooks:
+        hooks.epoch_start()
+        for value in losses:
+            hooks.batch_start()
+            loss = torch.tensor(value, requires_grad=True) * 1  # a loss with a graph, as in training
+            hooks.batch_end(torch.zeros(1, 2), None, torch.zeros(1, 2), loss)
+            most = max(most, len(hooks.run.train_losses._pending))
+            assert hooks.batch_idx == hooks.step
+        assert most <= DeviceSum()._fold + LOOKAHEAD
+        assert not any(t.requires_grad for t in hooks.run.train_losses._pending)
+        assert hooks.run.train_losses.count == 1000
+        assert float(hooks.run.train_losses.total()) == pytest.approx(sum(losses))
+        metrics = hooks.epoch_end()
+    assert metrics["loss"] == pytest.approx(sum(losses) / 1000)

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
@@ -245,6 +246,67 @@ def test_many_tensors_at_once_equal_one_by_one(row_path: str) -> None:
     assert device_histograms(tensors, bins=5) == [device_histogram(t, bins=5) for t in tensors]
 
 
+def test_small_tensors_binned_together_match_each_on_its_own() -> None:
+    # A logging step's small CPU tensors are concatenated and binned in one pass (_segment_rows);
+    # segments it declines (non-finite values, a constant, a range near float32's overflow) take
+    # the per-tensor path, and every result must be what histc gives for that tensor alone.
+    generator = torch.Generator().manual_seed(21)
+    tensors = [
+        torch.randn(300, generator=generator),
+        torch.randint(-8, 9, (5, 7), generator=generator).float() / 4,  # values on bucket edges
+        torch.tensor([1.0, NAN, 3.0, INF, 2.0]),
+        torch.full((9,), 5.0),
+        torch.tensor([-3e38, 1.0, 3e38]),
+        torch.randn(2, 3, generator=generator, dtype=torch.float64),
+        torch.randn(1, generator=generator),
+        torch.randn(17, generator=generator).half(),
+        torch.randn(4000, generator=generator),
+    ]
+    together = device_histograms(tensors, bins=6)
+    for tensor, h in zip(tensors, together, strict=True):
+        alone = device_histogram(tensor, bins=6)
+        assert h == alone
+        finite = tensor[torch.isfinite(tensor)]
+        finite = finite if finite.dtype == torch.float64 else finite.float()  # histc's and the plugin's dtype
+        assert h.bucket_counts == torch.histc(finite, bins=6).tolist() or finite.abs().max() > 1e38, tensor
+        assert (h.num, h.nonfinite) == (finite.numel(), tensor.numel() - finite.numel())
+        assert h.sum == pytest.approx(finite.double().sum().item(), rel=1e-9)
+
+
+def test_segments_are_binned_in_one_pass_of_numpy_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    # However many tensors a batch holds, the batched path makes the same number of numpy calls:
+    # count the calls of np.repeat (three per pass) with 3 and with 30 segments.
+    calls: list[int] = []
+    repeat = np.repeat
+
+    def counting_repeat(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return repeat(*args, **kwargs)
+
+    monkeypatch.setattr(histograms_module.np, "repeat", counting_repeat)
+    generator = torch.Generator().manual_seed(3)
+    for count in (3, 30):
+        calls.clear()
+        values = torch.randn(count * 50, generator=generator)
+        rows = histograms_module._segment_rows(values.numpy(), [50] * count, 8)
+        assert len(calls) == 3
+        for k, row in enumerate(rows):
+            assert row is not None
+            assert row[6:].tolist() == torch.histc(values[k * 50 : (k + 1) * 50], bins=8).tolist()
+
+
+def test_bucket_limits_of_many_rows_are_those_of_each_row() -> None:
+    # The plugin computes every row's edges in one numpy expression: the same float64 operations as
+    # _unpack does row by row, a constant row (range widened to value ± 1) included.
+    generator = torch.Generator().manual_seed(4)
+    tensors = [torch.randn(50, generator=generator), torch.full((3,), 2.5), torch.arange(10.0) * 1e-7, torch.ones(1)]
+    for bins in (1, 2, 7, 64):
+        table = np.stack([histograms_module.histogram_row(t, bins).numpy() for t in tensors])
+        limits = histograms_module._bucket_limits(table, bins)
+        for row, edges in zip(table, limits, strict=True):
+            assert edges.tolist() == histograms_module._unpack(row.tolist(), bins).bucket_limits
+
+
 def test_device_histogram_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="empty tensor"):
         device_histogram(torch.empty(0, 3))
@@ -475,13 +537,15 @@ def test_cpu_values_of_the_logging_step_are_logged_although_they_change_in_place
 
 def test_cpu_tensors_are_binned_on_the_background_thread_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[str] = []
-    row = histograms_module._cpu_row
+    rows = histograms_module._cpu_rows
 
-    def recording_row(tensor: torch.Tensor, bins: int) -> list[float]:
-        threads.append(threading.current_thread().name)
-        return row(tensor, bins)
+    def recording_rows(batches: Any, singles: Any, bins: int) -> dict[int, list[float]]:
+        # One entry per tensor binned: a step's small tensors come in one batch.
+        threads.extend(threading.current_thread().name for batch in batches for _ in batch.indices)
+        threads.extend(threading.current_thread().name for _ in singles)
+        return rows(batches, singles, bins)
 
-    monkeypatch.setattr(histograms_module, "_cpu_row", recording_row)
+    monkeypatch.setattr(histograms_module, "_cpu_rows", recording_rows)
     model = MLP()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
@@ -512,9 +576,18 @@ def test_device_rows_are_computed_on_the_training_thread_and_read_back_in_the_ba
 
         return recording_row
 
-    # The accelerators' rows (histogram_row) and the CPU copies' (_cpu_row).
+    cpu_rows = histograms_module._cpu_rows
+
+    def recording_rows(batches: Any, singles: Any, bins: int) -> dict[int, list[float]]:
+        # The CPU copies: flattened into batches, so recorded by size.
+        for batch in batches:
+            for length in batch.lengths:
+                binned_on.setdefault((length,), set()).add(threading.current_thread().name)
+        return cpu_rows(batches, singles, bins)
+
+    # The accelerators' rows (histogram_row) and the CPU copies' (_cpu_rows).
     monkeypatch.setattr(histograms_module, "histogram_row", recording(histograms_module.histogram_row))
-    monkeypatch.setattr(histograms_module, "_cpu_row", recording(histograms_module._cpu_row))
+    monkeypatch.setattr(histograms_module, "_cpu_rows", recording_rows)
     torch.manual_seed(0)
     model = MLP()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -599,7 +672,7 @@ def test_error_in_the_background_task_disables_the_plugin(tmp_path: Path, monkey
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(histograms_module, "write_histograms", broken)
+    monkeypatch.setattr(histograms_module, "_write_rows", broken)
     model = MLP()
     x = torch.randn(4, 6)
     with pytest.warns(PluginFaultWarning, match=r"(?s)plugin 'histograms' raised in background task.*disk on fire"):

@@ -29,10 +29,14 @@ thread where it can.  On a logging step the training thread only:
   compute the rows and stacks them per device, without reading anything
   back (the kernels run before the next step's in-place optimizer update:
   same stream);
-* for CPU tensors, copies them (``clone``): the next optimizer step changes
-  the weights in place, and ``zero_grad`` may zero the gradients, so the
-  values of this step are kept as they are; a few hundred KB per step for
-  a small network.
+* for CPU tensors, copies them: the next optimizer step changes the
+  weights in place, and ``zero_grad`` may zero the gradients, so the values
+  of this step are kept as they are; a few hundred KB per step for a small
+  network.  The small ones (under 65,536 elements) are flattened into one
+  ``torch.cat`` per dtype, one copy for all, and binned together in one
+  pass of numpy calls (about twenty for the whole step), so the background
+  thread holds the interpreter lock for a few dozen calls, not a dozen per
+  tensor.
 
 Both are handed to the run's background thread (``run.submit``), which
 copies the device rows to the host (that wait for the device blocks only
@@ -73,8 +77,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
-from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
+from tbhooks._records import histograms_summary, summary_event, write_event
 from tbhooks.capture import Capture
 from tbhooks.default_plugins._options import check_bool, check_int
 from tbhooks.markers import hookimpl
@@ -196,35 +200,110 @@ def _small_row(flat: torch.Tensor, bins: int) -> np.ndarray | None:
 
 
 def _row_numpy(values: np.ndarray, bins: int) -> np.ndarray | None:
-    """:func:`histogram_row` of a small flat float32/float64 array, with the arithmetic of :func:`_bin_cpu`
-    in the array's dtype; ``None`` for what only the torch path handles (non-finite values, a constant
-    array, a range near the dtype's overflow).
+    """:func:`histogram_row` of a small flat float32/float64 array (see :func:`_segment_rows`)."""
+    return _segment_rows(values, [values.size], bins)[0]
 
-    A histogram step of a small network bins a few dozen such tensors on the
-    background thread; each numpy call here costs about a microsecond, a
-    torch call several, and this thread shares the interpreter lock with
-    the training thread for all of that time.
+
+def _segment_rows(values: np.ndarray, lengths: Sequence[int], bins: int) -> list[np.ndarray | None]:
+    """The :func:`histogram_row` of each segment of a flat float32/float64 array: ``values`` is the
+    segments one after the other, ``lengths`` their sizes (each > 0).
+
+    The arithmetic is that of :func:`_bin_cpu`, in the array's dtype, value by
+    value, but for all segments at once: about twenty numpy calls for a whole
+    logging step's tensors instead of a dozen per tensor.  That is the point:
+    the plugin's background thread bins a step's few dozen small tensors here,
+    sharing the interpreter lock with the training thread for every Python-level
+    call, while numpy's loops run without it.  ``None`` for a segment only the
+    torch path handles (non-finite values, a constant segment, a range near the
+    dtype's overflow).
     """
-    low, high = values.min(), values.max()  # NaN propagates: finite bounds mean every value is finite
-    if not (math.isfinite(low) and math.isfinite(high)) or low == high:
-        return None
-    if (float(high) - float(low)) * bins >= float(np.finfo(values.dtype).max) / 2:
-        return None
+    count = len(lengths)
+    sizes = np.asarray(lengths, dtype=np.intp)
+    offsets = np.zeros(count, dtype=np.intp)
+    np.cumsum(sizes[:-1], out=offsets[1:])
+    lows = np.minimum.reduceat(values, offsets)  # NaN propagates: finite bounds mean every value is finite
+    highs = np.maximum.reduceat(values, offsets)
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = highs.astype(np.float64) - lows.astype(np.float64)
+        good = np.isfinite(span) & (lows != highs) & (span * bins < float(np.finfo(values.dtype).max) / 2)
+    if not good.all():
+        kept = np.flatnonzero(good)
+        rows: list[np.ndarray | None] = [None] * count
+        if kept.size:
+            parts = [values[offsets[k] : offsets[k] + sizes[k]] for k in kept]
+            for k, row in zip(kept, _segment_rows(np.concatenate(parts), sizes[kept].tolist(), bins), strict=True):
+                rows[k] = row
+        return rows
     # The bucket rule of _bin_cpu, operation by operation in the dtype: (x - low) * bins / (high - low).
-    position = np.subtract(values, low)
+    position = np.subtract(values, np.repeat(lows, sizes))
     position *= values.dtype.type(bins)
-    position /= high - low
-    counts = np.bincount(position.astype(np.intp), minlength=bins + 1)
-    counts[bins - 1] += counts[bins]  # the maximum, and whatever rounds up to it, in the last bucket
+    position /= np.repeat(highs - lows, sizes)
+    index = position.astype(np.intp)
+    index += np.repeat(np.arange(0, count * (bins + 1), bins + 1, dtype=np.intp), sizes)  # each segment's buckets
+    counts = np.bincount(index, minlength=count * (bins + 1)).reshape(count, bins + 1)
+    counts[:, bins - 1] += counts[:, bins]  # the maximum, and whatever rounds up to it, in the last bucket
     wide = values.astype(np.float64)
-    total = wide.sum()
+    totals = np.add.reduceat(wide, offsets)
     # Squared in place and summed, not np.dot: numpy's BLAS may hand a long dot product to its own
     # threads, which then wait for a core the training process is using (20 ms instead of 1 here).
-    square = np.multiply(wide, wide, out=wide).sum()
-    row = np.empty(_STATS + bins, dtype=np.float64)
-    row[:_STATS] = (low, high, values.size, total, square, 0)
-    row[_STATS:] = counts[:bins]
-    return row
+    squares = np.add.reduceat(np.multiply(wide, wide, out=wide), offsets)
+    table = np.empty((count, _STATS + bins), dtype=np.float64)
+    table[:, 0], table[:, 1], table[:, 2] = lows, highs, sizes
+    table[:, 3], table[:, 4], table[:, 5] = totals, squares, 0
+    table[:, _STATS:] = counts[:, :bins]
+    return list(table)
+
+
+class _CpuBatch(NamedTuple):
+    """Small float32/float64 CPU tensors of one dtype, flattened one after the other (one copy for all)."""
+
+    indices: list[int]
+    values: torch.Tensor
+    lengths: list[int]
+
+
+def _pack_cpu(tensors: Sequence[torch.Tensor]) -> tuple[list[_CpuBatch], list[tuple[int, torch.Tensor]]]:
+    """Copies of CPU ``tensors`` to bin later: the small float32/float64 ones (under
+    :data:`_NUMPY_BELOW` elements) concatenated per dtype, one ``torch.cat`` each, and any other
+    cloned, with each one's index in ``tensors``.
+
+    The plugin calls it on the training thread at a logging step, where one
+    concatenation costs a fraction of a clone per tensor; :func:`_cpu_rows`
+    bins the copies on the background thread.
+    """
+    groups: dict[torch.dtype, list[int]] = {}
+    singles: list[tuple[int, torch.Tensor]] = []
+    for index, tensor in enumerate(tensors):
+        if tensor.dtype in (torch.float32, torch.float64) and 0 < tensor.numel() < _NUMPY_BELOW:
+            groups.setdefault(tensor.dtype, []).append(index)
+        else:
+            singles.append((index, tensor.detach().clone()))
+    batches = []
+    for indices in groups.values():
+        flats = [tensors[i].detach().reshape(-1) for i in indices]
+        batches.append(_CpuBatch(indices, torch.cat(flats), [flat.numel() for flat in flats]))
+    return batches, singles
+
+
+def _cpu_rows(
+    batches: Sequence[_CpuBatch], singles: Sequence[tuple[int, torch.Tensor]], bins: int
+) -> dict[int, np.ndarray]:
+    """The rows of what :func:`_pack_cpu` packed, as float64 numpy arrays, by index: each batch binned at
+    once by :func:`_segment_rows`, anything else (and any segment it declines) by :func:`histogram_row`."""
+    rows: dict[int, np.ndarray] = {}
+    for batch in batches:
+        values = batch.values.numpy()
+        start = 0
+        for index, length, row in zip(
+            batch.indices, batch.lengths, _segment_rows(values, batch.lengths, bins), strict=True
+        ):
+            if row is None:
+                row = histogram_row(batch.values[start : start + length], bins).numpy()
+            rows[index] = row
+            start += length
+    for index, tensor in singles:
+        rows[index] = histogram_row(tensor, bins).numpy()
+    return rows
 
 
 def _bin_cpu(values: torch.Tensor, low: float, high: float, bins: int) -> tuple[torch.Tensor, float, float]:
@@ -374,24 +453,15 @@ def device_histograms(tensors: Iterable[torch.Tensor], bins: int = 64) -> list[D
     bins = _check_bins(bins)
     tensors = list(tensors)
     found: dict[int, DeviceHistogram] = {}
-    elsewhere: list[int] = []
-    for index, tensor in enumerate(tensors):
-        if tensor.device.type == "cpu":
-            found[index] = _unpack(_cpu_row(tensor, bins), bins)
-        else:
-            elsewhere.append(index)
-    for indices, rows in _stacked_rows([tensors[i] for i in elsewhere], bins):
+    on_cpu = [i for i, tensor in enumerate(tensors) if tensor.device.type == "cpu"]
+    elsewhere = [i for i, tensor in enumerate(tensors) if tensor.device.type != "cpu"]
+    if on_cpu:
+        rows = _cpu_rows(*_pack_cpu([tensors[i] for i in on_cpu]), bins)
+        found.update((on_cpu[k], _unpack(row.tolist(), bins)) for k, row in rows.items())
+    for indices, stacked in _stacked_rows([tensors[i] for i in elsewhere], bins):
         # The one synchronisation: every row of this device in one copy.
-        found.update(zip([elsewhere[k] for k in indices], _host_histograms(rows.cpu().tolist(), bins), strict=True))
+        found.update(zip([elsewhere[k] for k in indices], _host_histograms(stacked.cpu().tolist(), bins), strict=True))
     return [found[i] for i in range(len(tensors))]
-
-
-def _cpu_row(tensor: torch.Tensor, bins: int) -> list[float]:
-    """The row of a CPU tensor as host numbers: a small float tensor's from numpy alone (no torch call
-    but the view), anything else's from :func:`histogram_row`.  The plugin's background thread bins a
-    step's few dozen small tensors this way, with the interpreter lock held for as short as it can."""
-    row = _small_row(tensor.detach().reshape(-1), bins)
-    return row.tolist() if row is not None else histogram_row(tensor, bins).tolist()
 
 
 def device_histogram(tensor: torch.Tensor, bins: int = 64) -> DeviceHistogram:
@@ -444,23 +514,39 @@ def write_histograms(writer: SummaryWriter, step: int, tagged: Iterable[tuple[st
     few dozen histograms, on a thread that shares the interpreter lock with
     training.
     """
-    values = [
-        Summary.Value(
-            tag=tag,
-            histo=HistogramProto(
-                min=hist.min,
-                max=hist.max,
-                num=hist.num,
-                sum=hist.sum,
-                sum_squares=hist.sum_squares,
-                bucket_limit=hist.bucket_limits,
-                bucket=hist.bucket_counts,
-            ),
+    tagged = list(tagged)
+    if tagged:
+        tags = [tag for tag, _ in tagged]
+        stats = np.array([(h.min, h.max, h.num, h.sum, h.sum_squares) for _, h in tagged], dtype=np.float64)
+        limits = np.array([h.bucket_limits for _, h in tagged], dtype=np.float64)
+        counts = np.array([h.bucket_counts for _, h in tagged], dtype=np.float64)
+        write_event(writer, summary_event(histograms_summary(tags, stats, limits, counts), step))
+
+
+def _bucket_limits(table: np.ndarray, bins: int) -> np.ndarray:
+    """The right edges of the buckets of each row of ``table`` (rows of :func:`histogram_row`), ``[N, bins]``:
+    the float64 operations of :func:`_unpack`, for every row in one go."""
+    low, high = table[:, 0], table[:, 1]
+    flat = low == high
+    left, right = np.where(flat, low - 1.0, low), np.where(flat, high + 1.0, high)
+    step = (right - left) / bins
+    limits = np.empty((table.shape[0], bins), dtype=np.float64)
+    limits[:, : bins - 1] = left[:, None] + step[:, None] * np.arange(1, bins, dtype=np.float64)
+    limits[:, bins - 1] = right
+    return limits
+
+
+def _write_rows(writer: SummaryWriter, step: int, tags: Sequence[str], table: np.ndarray, bins: int) -> None:
+    """Write the histograms whose rows (:func:`histogram_row`'s layout) are ``table``, one per tag, as one
+    event; rows with no finite value are left out.  The plugin's background thread calls it: from a step's
+    rows to the event's bytes takes a few numpy calls, not a message object per histogram."""
+    keep = np.flatnonzero(table[:, 2] > 0)
+    if keep.size:
+        kept = table[keep]
+        summary = histograms_summary(
+            [tags[i] for i in keep], kept[:, :5], _bucket_limits(kept, bins), kept[:, _STATS : _STATS + bins]
         )
-        for tag, hist in tagged
-    ]
-    if values:
-        writer._get_file_writer().add_summary(Summary(value=values), step)
+        write_event(writer, summary_event(summary, step))
 
 
 def write_histogram(writer: SummaryWriter, tag: str, hist: DeviceHistogram, step: int) -> None:
@@ -575,8 +661,9 @@ class Histograms:
             self._wait_idle()
         with torch.no_grad():
             # CPU: the optimizer's next step changes the weights in place (and zero_grad the
-            # gradients), so the values of this step are copied now and binned in the background.
-            snapshots = [tagged[i][1].detach().clone() for i in on_cpu]
+            # gradients), so the values of this step are copied now (small tensors in one
+            # concatenation per dtype) and binned in the background.
+            snapshots = _pack_cpu([tagged[i][1] for i in on_cpu]) if on_cpu else ([], [])
             # Accelerators: the rows are computed here, enqueued on the current stream ahead of
             # any later in-place update; only the read back is left to the background thread.
             rows = _stacked_rows([tagged[i][1] for i in on_device], self.bins)
@@ -611,7 +698,7 @@ class Histograms:
         step: int,
         tags: list[str],
         on_cpu: list[int],
-        snapshots: list[torch.Tensor],
+        snapshots: tuple[list[_CpuBatch], list[tuple[int, torch.Tensor]]],
         on_device: list[int],
         rows: list[tuple[list[int], torch.Tensor]],
         streams: list[torch.cuda.Stream | None],
@@ -626,30 +713,22 @@ class Histograms:
         ``-W error``).
         """
         try:
-            results: list[DeviceHistogram | None] = [None] * len(tags)
+            table = np.zeros((len(tags), _STATS + self.bins), dtype=np.float64)
             with torch.no_grad():  # grad mode is per thread
                 for (indices, stacked), stream in zip(rows, streams, strict=True):
                     # The copy waits for the kernels that compute the rows: it runs on their stream.
                     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                        host = stacked.cpu().tolist()
-                    for i, hist in zip(indices, _host_histograms(host, self.bins), strict=True):
-                        results[on_device[i]] = hist
-                if snapshots:
-                    for i, hist in zip(on_cpu, device_histograms(snapshots, self.bins), strict=True):
-                        results[i] = hist
+                        table[[on_device[i] for i in indices]] = stacked.cpu().double().numpy()
+                for k, row in _cpu_rows(*snapshots, self.bins).items():
+                    table[on_cpu[k]] = row
             flagged = [
-                f"{tag} ({hist.nonfinite} of {hist.num + hist.nonfinite})"
-                for tag, hist in zip(tags, results, strict=True)
-                if hist is not None and hist.nonfinite
+                f"{tags[i]} ({int(table[i, 5])} of {int(table[i, 2] + table[i, 5])})"
+                for i in np.flatnonzero(table[:, 5])
             ]
             if flagged:
                 with self._idle:
                     self._flagged.append((step, flagged))
-            write_histograms(
-                run.writer,
-                step,
-                [(tag, hist) for tag, hist in zip(tags, results, strict=True) if hist is not None and hist.num],
-            )
+            _write_rows(run.writer, step, tags, table, self.bins)
         finally:
             self._task_done()
 
