@@ -125,6 +125,24 @@ def summary_event(summary: bytes, step: int, wall_time: float | None = None) -> 
     return head + b"\x2a" + _varint(len(summary)) + summary
 
 
+class EventBatch(tuple):  # type: ignore[type-arg]
+    """Serialized events queued as one item: a :class:`DirectRecordWriter` writes each as its own record."""
+
+
+def write_events(writer: SummaryWriter, events: Sequence[bytes]) -> None:
+    """Queue the serialized ``events``, in order: as one hand-off to the writer's thread (one wake-up,
+    one trip through the queue's lock) where the writer writes through a :class:`DirectRecordWriter`,
+    else one by one."""
+    event_writer: Any = writer._get_file_writer().event_writer
+    queue_writer = getattr(event_writer, "_async_writer", None)
+    thread = getattr(queue_writer, "_worker", None)
+    if len(events) > 1 and isinstance(getattr(thread, "_record_writer", None), DirectRecordWriter):
+        queue_writer.write(EventBatch(events))
+    else:
+        for event in events:
+            write_event(writer, event)
+
+
 def write_event(writer: SummaryWriter, event: bytes) -> None:
     """Queue the serialized ``event`` for ``writer``'s event file, as ``add_event`` queues its event."""
     event_writer: Any = writer._get_file_writer().event_writer
@@ -168,6 +186,10 @@ class DirectRecordWriter(RecordWriter):
         self._crc = crc
 
     def write(self, data: bytes) -> None:
+        if type(data) is EventBatch:
+            for event in data:
+                self.write(event)
+            return
         header = _LENGTH.pack(len(data))
         record = memoryview(header + _CRC.pack(self._crc(header)) + data + _CRC.pack(self._crc(data)))
         while record:  # an unbuffered write may take only part of it

@@ -9,9 +9,10 @@ calls the very same methods, so both produce the same logs::
             hooks.epoch_start()
             for inputs, targets in loader:
                 hooks.batch_start()            # module hooks for this step, if any are due
+                opt.zero_grad()
                 outputs = model(inputs)
                 loss = loss_fn(outputs, targets)
-                opt.zero_grad(); loss.backward(); opt.step()
+                loss.backward(); opt.step()
                 hooks.batch_end(inputs, targets, outputs, loss)
             hooks.epoch_end()
             model.eval(); hooks.eval_start()

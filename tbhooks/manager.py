@@ -92,6 +92,9 @@ class PluginSource:
 _IMPL_MARK = f"{NAME}_impl"
 """The attribute ``@hookimpl`` sets on a function (pluggy's ``<project>_impl``)."""
 
+_SPEC_MARK = f"{NAME}_spec"
+"""The attribute ``@hookspec`` sets on a function (pluggy's ``<project>_spec``)."""
+
 
 class _PluginManager(pluggy.PluginManager):
     """pluggy's manager, told quickly which attributes are not hook implementations.
@@ -99,28 +102,49 @@ class _PluginManager(pluggy.PluginManager):
     ``register`` inspects every name in ``dir(plugin)`` without evaluating it
     (``inspect.getattr_static``, tens of microseconds a name): a few
     milliseconds for the built-in plugins at every run's start.  Dunders are
-    never events; a plain function in the class that carries no ``@hookimpl``
-    mark is a method and nothing more; a property or other descriptor in the
-    class is not an implementation either, and is not evaluated (pluggy 1.5
-    and 1.6 would call it).  Anything else (instance attributes, static and
-    class methods, modules' attributes) still takes pluggy's own path.
+    never events; a plain function in the class is an implementation with the
+    options its ``@hookimpl`` mark holds, or a method and nothing more; an
+    instance attribute that is not callable is the plugin's data; a property
+    or other descriptor in the class is not an implementation either, and is
+    not evaluated (pluggy 1.5 and 1.6 would call it).  Anything else (callable
+    instance attributes, static and class methods, modules' attributes) still
+    takes pluggy's own path.  Hook specifications likewise: a function of the
+    spec module carries its ``@hookspec`` options or none.
     """
 
     def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
         if name.startswith("__"):
             return None
-        if not isinstance(plugin, ModuleType) and name not in getattr(plugin, "__dict__", ()):
-            for klass in type(plugin).__mro__:
-                if name in klass.__dict__:
-                    found = klass.__dict__[name]
-                    if isinstance(found, FunctionType) and not hasattr(found, _IMPL_MARK):
-                        return None
-                    if not isinstance(found, (FunctionType, staticmethod, classmethod)):
-                        # A property or another descriptor: never an implementation, and pluggy
-                        # before 1.7 would evaluate it (getattr) to find that out.
-                        return None
-                    break
+        if not isinstance(plugin, ModuleType):
+            own = getattr(plugin, "__dict__", None)
+            if isinstance(own, dict) and name in own:
+                if not callable(own[name]):
+                    return None  # the plugin's data: never an implementation
+            else:
+                for klass in type(plugin).__mro__:
+                    if name in klass.__dict__:
+                        found = klass.__dict__[name]
+                        if isinstance(found, FunctionType):
+                            # A method: its @hookimpl options, or nothing (what pluggy's own
+                            # lookup finds, without inspect.getattr_static's cost).
+                            opts = getattr(found, _IMPL_MARK, None)
+                            return opts if isinstance(opts, dict) else None
+                        if not isinstance(found, (staticmethod, classmethod)):
+                            # A property or another descriptor: never an implementation, and pluggy
+                            # before 1.7 would evaluate it (getattr) to find that out.
+                            return None
+                        break
         return super().parse_hookimpl_opts(plugin, name)
+
+    def parse_hookspec_opts(self, module_or_class: Any, name: str) -> Any:
+        if isinstance(module_or_class, ModuleType) and not name.startswith("__"):
+            found = vars(module_or_class).get(name)
+            if isinstance(found, FunctionType):
+                opts = getattr(found, _SPEC_MARK, None)
+                return opts if isinstance(opts, dict) else None
+            if found is not None and not callable(found):
+                return None  # the spec module's constants and imports
+        return super().parse_hookspec_opts(module_or_class, name)
 
 
 def _load_builtin(spec: str) -> object:

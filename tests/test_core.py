@@ -247,3 +247,44 @@ def test_losses_kept_between_events_stay_bounded_and_sum_exactly(tmp_path):
         assert float(hooks.run.train_losses.total()) == pytest.approx(sum(losses))
         metrics = hooks.epoch_end()
     assert metrics["loss"] == pytest.approx(sum(losses) / 1000)
+
+
+def test_loss_points_reach_the_writer_together_and_none_is_lost(tmp_path, monkeypatch):
+    # A logging step keeps its event; the kept events go to the writer WRITE_SECS after the
+    # first of them, and at the epoch end; on an exception nothing kept is lost.
+    import tbhooks.default_plugins.scalars as scalars_module
+
+    clock = [100.0]
+    monkeypatch.setattr(scalars_module.time, "monotonic", lambda: clock[0])
+    model = nn.Linear(2, 2)
+
+    def step(hooks):
+        hooks.batch_start()
+        hooks.batch_end(torch.zeros(1, 2), None, torch.zeros(1, 2), torch.tensor(0.5))
+
+    def written(logdir):
+        return [point.step for point in read_events(logdir).scalars.get("train/loss", [])]
+
+    with tbhooks.attach(model, logdir=tmp_path / "a", plugins=[Scalars(every_n_steps=2)], disable=QUIET) as hooks:
+        hooks.epoch_start()
+        for _ in range(6):
+            step(hooks)
+        hooks.run.writer.flush()
+        assert written(tmp_path / "a") == []  # steps 2, 4, 6 kept: no time has passed
+        clock[0] += scalars_module.WRITE_SECS
+        step(hooks)
+        step(hooks)  # step 8 logs a second after step 2: all four go out
+        hooks.run.writer.flush()
+        assert written(tmp_path / "a") == [2, 4, 6, 8]
+        step(hooks)
+        step(hooks)
+        hooks.epoch_end()  # step 10 kept, then written with the epoch's end
+        assert written(tmp_path / "a") == [2, 4, 6, 8, 10]
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with tbhooks.attach(model, logdir=tmp_path / "b", plugins=[Scalars(every_n_steps=2)], disable=QUIET) as hooks:
+            hooks.epoch_start()
+            for _ in range(4):
+                step(hooks)
+            raise RuntimeError("boom")
+    assert written(tmp_path / "b") == [2, 4]

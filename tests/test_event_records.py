@@ -162,3 +162,16 @@ def test_events_written_as_bytes_read_back_in_order(tmp_path):
     scalars = read_events(tmp_path).scalars
     assert [(p.step, p.value) for p in scalars["a"]] == [(7, 1.0), (8, 3.0), (9, 4.0)]
     assert [(p.step, p.value) for p in scalars["b"]] == [(7, 2.0)]
+
+
+def test_events_queued_together_are_written_as_records_in_order(tmp_path):
+    writer = SummaryWriter(str(tmp_path))
+    assert _records.direct_records(writer)
+    try:
+        events = [_records.summary_event(_records.scalars_summary({"x": float(i)}), i) for i in range(1, 4)]
+        _records.write_events(writer, events)
+        writer.add_scalar("x", 9.0, 9)
+    finally:
+        writer.close()
+    assert [(p.step, p.value) for p in read_events(tmp_path).scalars["x"]] == [(1, 1.0), (2, 2.0), (3, 3.0), (9, 9.0)]
+    assert len(_records_of(tmp_path)) == 1 + 4  # the file version, then one record per event

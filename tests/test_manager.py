@@ -208,13 +208,23 @@ def test_only_marked_functions_are_hook_implementations_wherever_they_come_from(
         def on_fit_start(self):
             raise AssertionError("registration evaluated a property")
 
+        @tbhooks.hookimpl(tryfirst=True)
+        def on_eval_end(self, step):  # not an event: check_pending names it
+            pass
+
     module = types.ModuleType("plugin_module")
     module.on_eval_start = tbhooks.hookimpl(lambda step: None)
     module.on_epoch_start = lambda step: None
 
     child = Child()
     child.on_exception = tbhooks.hookimpl(lambda step: None)  # an instance attribute
+    child.on_eval_batch_end = 3  # data under an event's name
+    with pytest.raises(pluggy.PluginValidationError, match="on_eval_end"):
+        make_plugin_manager(plugins=[child], autoload=False, builtins=False)
+    del Child.on_eval_end
+    Child.on_epoch_end = tbhooks.hookimpl(tryfirst=True)(lambda self, step: None)  # options carried over
     pm, _ = make_plugin_manager(plugins=[child, module], autoload=False, builtins=False)
+    assert pm.hook.on_epoch_end.get_hookimpls()[0].tryfirst
     found = {hook: [impl.plugin for impl in getattr(pm.hook, hook).get_hookimpls()] for hook in vars(pm.hook)}
     expected = {"on_epoch_end", "on_fit_end", "on_exception"}
     assert {hook for hook, plugins in found.items() if child in plugins} == expected

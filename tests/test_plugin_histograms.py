@@ -747,3 +747,23 @@ def test_sync_free_path_never_crashes_on_extreme_ranges(values: list[float]) -> 
     row = histograms_module._row_sync_free(torch.tensor(values), 4)
     h = histograms_module._unpack(row.tolist(), 4)
     assert (h.num, sum(h.bucket_counts)) == (len(values), float(len(values)))
+
+
+def test_binning_at_once_copies_only_the_small_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    # device_histogram(s) bin right away: a large tensor is binned as it is (a 20M-element clone
+    # would double the time); the plugin, which bins later, copies everything.
+    big = torch.randn(histograms_module._NUMPY_BELOW)
+    _, singles = histograms_module._pack_cpu([big], copy=False)
+    assert singles[0][1] is big
+    _, singles = histograms_module._pack_cpu([big])
+    assert singles[0][1] is not big and torch.equal(singles[0][1], big)
+    seen: list[bool] = []
+    pack = histograms_module._pack_cpu
+
+    def spy(tensors: Any, *, copy: bool = True) -> Any:
+        seen.append(copy)
+        return pack(tensors, copy=copy)
+
+    monkeypatch.setattr(histograms_module, "_pack_cpu", spy)
+    device_histogram(big)
+    assert seen == [False]

@@ -262,14 +262,17 @@ class _CpuBatch(NamedTuple):
     lengths: list[int]
 
 
-def _pack_cpu(tensors: Sequence[torch.Tensor]) -> tuple[list[_CpuBatch], list[tuple[int, torch.Tensor]]]:
-    """Copies of CPU ``tensors`` to bin later: the small float32/float64 ones (under
-    :data:`_NUMPY_BELOW` elements) concatenated per dtype, one ``torch.cat`` each, and any other
-    cloned, with each one's index in ``tensors``.
+def _pack_cpu(
+    tensors: Sequence[torch.Tensor], *, copy: bool = True
+) -> tuple[list[_CpuBatch], list[tuple[int, torch.Tensor]]]:
+    """CPU ``tensors`` packed to bin: the small float32/float64 ones (under :data:`_NUMPY_BELOW`
+    elements) concatenated per dtype, one ``torch.cat`` each, and any other on its own (cloned with
+    ``copy``, as is without), with each one's index in ``tensors``.
 
     The plugin calls it on the training thread at a logging step, where one
-    concatenation costs a fraction of a clone per tensor; :func:`_cpu_rows`
-    bins the copies on the background thread.
+    concatenation costs a fraction of a clone per tensor, and :func:`_cpu_rows`
+    bins the copies on the background thread.  :func:`device_histograms` bins
+    at once and copies only the small tensors (the concatenation).
     """
     groups: dict[torch.dtype, list[int]] = {}
     singles: list[tuple[int, torch.Tensor]] = []
@@ -277,7 +280,7 @@ def _pack_cpu(tensors: Sequence[torch.Tensor]) -> tuple[list[_CpuBatch], list[tu
         if tensor.dtype in (torch.float32, torch.float64) and 0 < tensor.numel() < _NUMPY_BELOW:
             groups.setdefault(tensor.dtype, []).append(index)
         else:
-            singles.append((index, tensor.detach().clone()))
+            singles.append((index, tensor.detach().clone() if copy else tensor))
     batches = []
     for indices in groups.values():
         flats = [tensors[i].detach().reshape(-1) for i in indices]
@@ -456,7 +459,7 @@ def device_histograms(tensors: Iterable[torch.Tensor], bins: int = 64) -> list[D
     on_cpu = [i for i, tensor in enumerate(tensors) if tensor.device.type == "cpu"]
     elsewhere = [i for i, tensor in enumerate(tensors) if tensor.device.type != "cpu"]
     if on_cpu:
-        rows = _cpu_rows(*_pack_cpu([tensors[i] for i in on_cpu]), bins)
+        rows = _cpu_rows(*_pack_cpu([tensors[i] for i in on_cpu], copy=False), bins)
         found.update((on_cpu[k], _unpack(row.tolist(), bins)) for k, row in rows.items())
     for indices, stacked in _stacked_rows([tensors[i] for i in elsewhere], bins):
         # The one synchronisation: every row of this device in one copy.
