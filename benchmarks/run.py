@@ -1456,11 +1456,13 @@ def render(
             "model once per run (recording the operations and building the GraphDef, no ScriptModule); the "
             "figures plugin's last two figures are drawn side by side by the render worker and its fork while "
             "`close` waits for them, so that nothing logged is lost; the histogram plugin copies the tensors "
-            "on the training thread and bins them (numpy, for small tensors) and writes one event per step on the "
-            "background thread, which shares the GIL with training for that time (on this dispatch-bound "
-            "workload, background work that holds the GIL costs training most of its own duration); the "
-            "scalars plugin's logging steps (every 50 steps) read the loss total back and write one event, "
-            "between cold caches."
+            "on the training thread (the small ones in one concatenation) and bins them on the background "
+            "thread (the small ones together, in one pass of numpy calls) and writes one event per step, built "
+            "with numpy; that thread shares the GIL with training for every Python-level call (on this "
+            "dispatch-bound workload, background work that holds the GIL costs training most of its own "
+            "duration); the scalars plugin's logging steps (every 50 steps) read the loss total back and keep "
+            "one event's bytes, handed to the writer with the others at most a second later, between cold "
+            "caches; the Trainer alone keeps a reference to each step's loss and counts the step."
         )
         say()
 
