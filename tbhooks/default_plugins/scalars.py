@@ -122,8 +122,8 @@ class Scalars:
             for index, group in enumerate(groups):
                 values["train/lr" if len(groups) == 1 else f"train/lr/group{index}"] = float(group["lr"])
         if run.is_writer and values:
-            # Kept, not written: a logging step runs between cold caches, where the hand-off
-            # to the writer's thread (its queue's lock, waking it) cost as much as the rest.
+            # Kept, not written: a logging step runs between cold caches, where the hand-off to
+            # the writer's thread (its queue's lock, waking it) took about a fifth of its time.
             events = self._events
             if not events:
                 self._since = time.monotonic()
