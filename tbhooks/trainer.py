@@ -349,7 +349,7 @@ class Trainer:
                     targets = move_to(targets, device)
                 hooks.batch_start()
                 # The tutorial's order: the previous step's gradients are freed before the
-                # forward pass allocates its activations, so the two never coexist.
+                # forward pass allocates this step's activations (a lower peak of memory).
                 optimizer.zero_grad(set_to_none=True)
                 outputs = model(inputs) if type(inputs) is torch.Tensor else call_model(model, inputs)
                 loss = loss_fn(

@@ -32,29 +32,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tbhooks._records import scalars_summary, summary_event, write_event, write_events
+from tbhooks._records import scalars_summary, summary_event, write_events
 from tbhooks.default_plugins._options import check_bool, check_int
 from tbhooks.markers import hookimpl
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from torch.utils.tensorboard import SummaryWriter
-
     from tbhooks.run import Run
-
-
-def write_scalars(writer: SummaryWriter, step: int, values: Mapping[str, float]) -> None:
-    """Write ``values`` (tag to number) at ``step`` as one event.
-
-    TensorBoard reads back what one ``add_scalar`` per tag would write (a
-    ``simple_value`` per tag, at the same step), for a fraction of the
-    training-thread time: one event and one queue hand-off instead of one per
-    tag, none of ``add_scalar``'s per-call conversion and checks, and the
-    event's bytes built directly (see :mod:`tbhooks._records`).
-    """
-    if values:
-        write_event(writer, summary_event(scalars_summary(values), step))
 
 
 WRITE_SECS = 1.0
@@ -102,7 +87,8 @@ class Scalars:
     def _log(self, run: Run, step: int) -> None:
         # A logging step runs between cold caches, where each tensor operation costs tens of
         # microseconds: the total is read back once (stack, sum, read) and the interval mean
-        # is plain float arithmetic; the values go out as one event (as write_scalars writes them).
+        # is plain float arithmetic; the values go out as one event with a simple_value per tag
+        # (what one add_scalar per tag writes, in one event).
         values: dict[str, float] = {}
         losses = run.train_losses
         total = losses.total()
