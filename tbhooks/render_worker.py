@@ -541,6 +541,20 @@ def _pickle_request(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
     return buffer.getvalue()
 
 
+def pipe_room(fd: int) -> int:
+    """Bytes the pipe ``fd`` (either end) can take now without a write blocking; 0 where that cannot be
+    known (not Linux, not a pipe)."""
+    try:
+        import fcntl
+        import termios
+
+        size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        unread = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (ImportError, AttributeError, OSError):
+        return 0
+    return size - unread
+
+
 class _Worker:
     """One worker process with a sender and a reader thread.
 
@@ -548,6 +562,13 @@ class _Worker:
     fork) and writes requests to its stdin (so the training thread never
     blocks on a full pipe); the reader writes each answer to the run's file
     writer as it arrives.
+
+    A request is written by the thread that sends it instead when the sender
+    has written everything before it, no one is writing, and the pipe has room
+    for the whole message (so the write cannot block): waking the sender costs
+    the training thread up to a switch interval (5 ms) waiting for the
+    interpreter lock while it runs (seen in a plugin's evaluation hook).
+    Requests reach the worker in the order they were sent either way.
     """
 
     def __init__(self, owner: RenderProcess) -> None:
@@ -557,11 +578,29 @@ class _Worker:
         self.finished = threading.Event()  # set once the worker closed its answers pipe (it exits)
         self.dead = False
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._writing = threading.Lock()  # held by whoever writes to the worker's stdin
+        self._count = threading.Lock()  # guards _queued and _open, never held while writing
+        self._queued = 0  # requests given to the sender and not yet written
+        self._open = False  # the first message is written and the sender has not stopped
         self._reader: threading.Thread | None = None
         self._sender = threading.Thread(target=self._send, name="tbhooks-render-send", daemon=True)
         self._sender.start()
 
     def send(self, request: _Request) -> None:
+        if self._writing.acquire(blocking=False):
+            try:
+                with self._count:
+                    direct = self._open and not self._queued
+                stdin = self.process.stdin if self.process is not None else None
+                if direct and stdin is not None and pipe_room(stdin.fileno()) >= _HEADER.size + len(request.body):
+                    _write_message(stdin, request.ident, request.body)
+                    return
+            except (OSError, ValueError):
+                pass  # the worker is gone: the request goes the sender's way, whose failure is handled
+            finally:
+                self._writing.release()
+        with self._count:
+            self._queued += 1
         self._queue.put(request)
 
     def _send(self) -> None:
@@ -587,20 +626,31 @@ class _Worker:
         assert stdin is not None
         try:
             first = (list(sys.path), list(self.owner.preload))
-            _write_message(stdin, _PATH_ID, pickle.dumps(first, protocol=_PICKLE))
+            with self._writing:
+                _write_message(stdin, _PATH_ID, pickle.dumps(first, protocol=_PICKLE))
+                with self._count:
+                    self._open = True
             while True:
                 item = self._queue.get()
-                if item is None:
-                    _write_message(stdin, _PATH_ID, b"")
-                    break
-                _write_message(stdin, item.ident, item.body)
+                with self._writing:
+                    if item is None:
+                        with self._count:
+                            self._open = False
+                        _write_message(stdin, _PATH_ID, b"")
+                        break
+                    _write_message(stdin, item.ident, item.body)
+                with self._count:
+                    self._queued -= 1
         except (OSError, ValueError):
             pass  # the worker is gone: the reader sees the end of its stdout and fails what is pending
         finally:
-            try:
-                stdin.close()
-            except OSError:
-                pass
+            with self._count:
+                self._open = False
+            with self._writing:
+                try:
+                    stdin.close()
+                except OSError:
+                    pass
 
     def _read(self) -> None:
         process = self.process

@@ -12,8 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import _render_helpers as helpers
 import numpy as np
@@ -27,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import image as torch_image_summary
 
 import tbhooks
-from tbhooks import PluginFaultWarning
+from tbhooks import PluginFaultWarning, render_worker
 from tbhooks.manager import BUILTIN_PLUGINS
 from tbhooks.render_worker import RenderError, RenderProcess, encode_png, image_summary
 from tbhooks.run import _Background
@@ -529,3 +531,35 @@ def test_a_worker_whose_training_process_was_killed_ends_even_in_a_drawing_that_
         if child.poll() is None:
             child.kill()
             child.communicate()
+
+
+def test_a_request_the_pipe_has_room_for_is_written_by_the_sending_thread(direct, monkeypatch):
+    # Waking the sender thread cost the training thread up to a switch interval (5 ms): a request is
+    # written directly when the sender has nothing left to write and the pipe can take all of it.
+    # Where the pipe's room cannot be known (pipe_room 0) the sender writes, as before; either way the
+    # requests reach the worker in order.
+    renderer, writer, logdir = direct
+    writers: list[str] = []
+    write = render_worker._write_message
+
+    def recording(stream: Any, ident: int, body: bytes) -> None:
+        if ident != render_worker._PATH_ID:
+            writers.append(threading.current_thread().name)
+        write(stream, ident, body)
+
+    monkeypatch.setattr(render_worker, "_write_message", recording)
+    renderer.submit(helpers.flat, (0,), {}, tag="order", step=0, writer=writer)
+    assert renderer.drain(WAIT)  # the worker is up and the sender idle
+    assert render_worker.pipe_room(renderer._worker.process.stdin.fileno()) > 60_000  # a Linux pipe, empty
+    for step in range(1, 4):
+        renderer.submit(helpers.flat, (step,), {}, tag="order", step=step, writer=writer)
+    monkeypatch.setattr(render_worker, "pipe_room", lambda fd: 0)
+    for step in range(4, 7):
+        renderer.submit(helpers.flat, (step,), {}, tag="order", step=step, writer=writer)
+    assert renderer.drain(WAIT)
+    assert renderer.take_errors() == []
+    assert writers == ["tbhooks-render-send"] + ["MainThread"] * 3 + ["tbhooks-render-send"] * 3
+    writer.flush()
+    images = read_events(logdir).images["order"]
+    assert [e.step for e in images] == list(range(7))
+    assert [int(decode(e)[0, 0, 0]) for e in images] == list(range(7))
