@@ -130,29 +130,27 @@ class EventBatch(tuple):  # type: ignore[type-arg]
 
 
 def write_events(writer: SummaryWriter, events: Sequence[bytes]) -> None:
-    """Queue the serialized ``events``, in order: as one hand-off to the writer's thread (one wake-up,
-    one trip through the queue's lock) where the writer writes through a :class:`DirectRecordWriter`,
-    else one by one."""
+    """Queue the serialized ``events`` for ``writer``'s event file, in order, as ``add_event`` queues its
+    serialized event: several at once as one hand-off to the writer's thread (one wake-up, one trip
+    through the queue's lock) where the writer writes through a :class:`DirectRecordWriter`."""
     event_writer: Any = writer._get_file_writer().event_writer
     queue_writer = getattr(event_writer, "_async_writer", None)
     thread = getattr(queue_writer, "_worker", None)
-    if len(events) > 1 and isinstance(getattr(thread, "_record_writer", None), DirectRecordWriter):
-        queue_writer.write(EventBatch(events))
-    else:
-        for event in events:
-            write_event(writer, event)
-
-
-def write_event(writer: SummaryWriter, event: bytes) -> None:
-    """Queue the serialized ``event`` for ``writer``'s event file, as ``add_event`` queues its event."""
-    event_writer: Any = writer._get_file_writer().event_writer
-    queue_writer = getattr(event_writer, "_async_writer", None)
     if queue_writer is None:  # another layout: through the public method
         from tensorboard.compat.proto.event_pb2 import Event
 
-        event_writer.add_event(Event.FromString(event))
+        for event in events:
+            event_writer.add_event(Event.FromString(event))
+    elif len(events) > 1 and isinstance(getattr(thread, "_record_writer", None), DirectRecordWriter):
+        queue_writer.write(EventBatch(events))
     else:
-        queue_writer.write(event)
+        for event in events:
+            queue_writer.write(event)
+
+
+def write_event(writer: SummaryWriter, event: bytes) -> None:
+    """Queue one serialized ``event`` (see :func:`write_events`)."""
+    write_events(writer, (event,))
 
 
 def c_masked_crc32c(data: bytes) -> int:
