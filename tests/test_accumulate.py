@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tbhooks.accumulate import DeviceSum
 
@@ -50,3 +53,38 @@ def test_values_of_mixed_one_element_shapes_are_summed():
     for value in (torch.tensor(1.5), torch.tensor([2.0]), torch.tensor([[0.25]])):
         acc.add(value)
     assert float(acc.total()) == 3.75
+
+
+class _Ops(TorchDispatchMode):
+    """Records the aten operations run under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_value_reads_cpu_values_one_by_one_and_folding_reads_nothing():
+    acc = DeviceSum(fold=4)
+    values = [torch.tensor(v / 3) for v in range(10)]
+    for value in values[:6]:
+        acc.append(value)
+    with _Ops() as ops:
+        acc.fold_if_full()  # a step that may not log: summed as a tensor, nothing read back
+    assert "_local_scalar_dense" not in {n.split(".")[0] for n in ops.names} and ops.names
+    for value in values[6:]:
+        acc.append(value)
+    with _Ops() as ops:
+        total = acc.value()  # a step that logs: the pending CPU values are read as floats, no stack
+    assert {n.split(".")[0] for n in ops.names} == {"_local_scalar_dense"}
+    assert total == pytest.approx(math.fsum(float(v) for v in values), rel=1e-12)
+    assert acc.count == 10 and not acc._pending
+    assert float(acc.total()) == pytest.approx(total, rel=1e-12)  # both parts: the stacked and the read ones
+    assert acc.total().dtype == torch.float64
+    acc.reset()
+    assert acc.value() is None and acc.total() is None
+    acc.append(torch.tensor(0.0))
+    assert acc.value() == 0.0 and float(acc.total()) == 0.0  # a sum of zero is not "empty"

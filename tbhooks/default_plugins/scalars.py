@@ -16,8 +16,8 @@ The batch losses stay on the device in ``run.train_losses`` (the core keeps
 them; :class:`tbhooks.accumulate.DeviceSum` sums references in one operation);
 the interval mean is read back only on the steps that log.  The plugin has a
 ``batch_end_due`` method, so on steps between points the core does not even
-raise ``on_batch_end`` for it.  A logging step builds its event's bytes and
-keeps them; the kept events go to the writer together, at most
+raise ``on_batch_end`` for it.  A logging step keeps its values with the
+step and the time; their events are built and go to the writer together, at most
 :data:`WRITE_SECS` (1 s) after the first of them, and at every epoch end,
 evaluation and the run's end (an exception included): TensorBoard shows a
 point about a second later than it would, and a process killed outright
@@ -62,9 +62,9 @@ class Scalars:
         # count): the next point is the mean of what was added since.
         self._mark_total = 0.0
         self._mark_count = 0
-        # Logging steps' events, handed to the writer together at most WRITE_SECS after the
-        # first of them (and at every epoch end, evaluation and the run's end).
-        self._events: list[bytes] = []
+        # Logging steps' points (step, wall time, values), written together at most WRITE_SECS
+        # after the first of them (and at every epoch end, evaluation and the run's end).
+        self._points: list[tuple[int, float, dict[str, float]]] = []
         self._since = 0.0
 
     def batch_end_due(self, step: int) -> bool:
@@ -73,7 +73,7 @@ class Scalars:
 
     @hookimpl
     def on_fit_start(self) -> None:
-        self._events = []
+        self._points = []
 
     @hookimpl
     def on_epoch_start(self) -> None:
@@ -85,19 +85,20 @@ class Scalars:
             self._log(run, step)
 
     def _log(self, run: Run, step: int) -> None:
-        # A logging step runs between cold caches, where each tensor operation costs tens of
-        # microseconds: the total is read back once (stack, sum, read) and the interval mean
-        # is plain float arithmetic; the values go out as one event with a simple_value per tag
-        # (what one add_scalar per tag writes, in one event).
+        # A logging step runs between cold caches, where each operation costs microseconds: the
+        # total is read back once (on the CPU, the losses one by one as floats; on a device, one
+        # stack, sum and read) and the interval mean is plain float arithmetic.  The values are
+        # kept with the step and the time; their event (a simple_value per tag, what one
+        # add_scalar per tag writes, in one event) is built when the kept points are written.
         values: dict[str, float] = {}
         losses = run.train_losses
-        total = losses.total()
         count = losses.count
-        if total is not None and count > self._mark_count:
-            total_value = float(total)
+        if count > self._mark_count:
+            total_value = losses.value()
+            assert total_value is not None  # count > 0
             value = (total_value - self._mark_total) / (count - self._mark_count)
             if run.world_size > 1 and torch.distributed.is_initialized():
-                mean = torch.tensor(value, dtype=torch.float64, device=total.device)
+                mean = torch.tensor(value, dtype=torch.float64, device=run.device)
                 torch.distributed.all_reduce(mean)
                 value = float(mean) / run.world_size
             run.check_finite("train/loss", value)
@@ -108,20 +109,21 @@ class Scalars:
             for index, group in enumerate(groups):
                 values["train/lr" if len(groups) == 1 else f"train/lr/group{index}"] = float(group["lr"])
         if run.is_writer and values:
-            # Kept, not written: a logging step runs between cold caches, where the hand-off to
-            # the writer's thread (its queue's lock, waking it) took about a fifth of its time.
-            events = self._events
-            if not events:
+            # Kept, not written: a logging step runs between cold caches, where building the
+            # event and the hand-off to the writer's thread (its queue's lock, waking it) took
+            # most of its time.
+            points = self._points
+            if not points:
                 self._since = time.monotonic()
-            events.append(summary_event(scalars_summary(values), step))
+            points.append((step, time.time(), values))
             if time.monotonic() - self._since >= WRITE_SECS:
                 self._write(run)
 
     def _write(self, run: Run) -> None:
-        """Hand the kept events to the writer, in order, at once."""
-        if self._events:
-            events, self._events = self._events, []
-            write_events(run.writer, events)
+        """Hand the kept points to the writer, in order, at once (one event each)."""
+        if self._points:
+            points, self._points = self._points, []
+            write_events(run.writer, [summary_event(scalars_summary(v), step, wall) for step, wall, v in points])
 
     @hookimpl
     def on_epoch_end(self, run: Run, step: int, metrics: Mapping[str, float]) -> None:
