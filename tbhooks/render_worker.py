@@ -290,6 +290,7 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     drawer: _Drawer | None = None
     forked = DRAWERS < 2
     warmed = False
+    warm_ups: list[tuple[int, bytes]] = []  # drawn here before the fork: the drawer draws them again
     try:
         while True:
             if not forked and warmed and not _arrives(requests, _FORK_AFTER_IDLE_S):
@@ -297,6 +298,14 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
                 drawer = _Drawer.fork((requests, answers))
                 if drawer is not None:
                     drawer.relay(send)
+                    # The drawer shares the worker's memory until it writes to it: its first figure
+                    # would copy every page it touches (Python objects' counts, the templates' pixels),
+                    # which took it about twice a warm figure's time.  Drawing the warm-ups again now,
+                    # while training runs, makes those copies before a figure waits for them.  Their
+                    # answers are second answers to warm-ups, which the parent drops.
+                    for ident, body in warm_ups:
+                        drawer.give(ident, body)
+                warm_ups.clear()
             message = _read_message(requests)
             if message is None or (message[0] == _PATH_ID and not message[1]):
                 return
@@ -308,6 +317,7 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
             warm_up = request is not None and request[3] == WARM_UP_TAG
             if not warm_up and not forked:
                 forked = True
+                warm_ups.clear()  # too late to draw them again: this request may want the drawer
                 drawer = _Drawer.fork((requests, answers))
                 if drawer is not None:
                     drawer.relay(send)
@@ -320,6 +330,8 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
                 send(ident, pickle.dumps(_answer(body, request), protocol=_PICKLE))
             except (BrokenPipeError, OSError, ValueError):
                 return  # the parent is gone
+            if warm_up and not forked:
+                warm_ups.append((ident, body))
             warmed = warmed or warm_up
     finally:
         if drawer is not None:
@@ -333,13 +345,15 @@ class _Drawer:
     the predictions, say) the two are drawn side by side, on two cores, and
     the run's close, which waits for the last figures, waits less.  The fork
     happens after the worker's imports and warm-ups, so it costs a few
-    milliseconds and no start-up or warm-up of its own (a second worker
-    started from scratch competed with training for a second of CPU and was
-    slower in the benchmark); and while the worker idles, so that the fork
-    and its first copies of memory are not in the first figures' time (in
-    probes of the benchmark's runs, whose only evaluation is at their end,
-    the close's wait for the last two figures was 25 to 65 ms with the fork
-    made either way: within the noise).  It ends
+    milliseconds and no start-up of its own (a second worker started from
+    scratch competed with training for a second of CPU and was slower in the
+    benchmark); and while the worker idles.  Right after the fork the drawer
+    draws the worker's warm-ups again (about 60 ms of CPU on a core training
+    leaves free, at the worker's low priority): until it writes to a page it
+    shares it with the worker, and its first figure copied every page it
+    touched, which made that figure take about twice a warm one's time (in
+    probes of the benchmark's all row, the confusion matrix drawn by the
+    drawer took 25 to 55 ms before, 25 to 38 ms after).  It ends
     when its pipe does (the worker exited or closed it) or when the worker
     is gone.
     """

@@ -307,6 +307,43 @@ def test_predictions_drawn_into_their_template_are_the_full_draw(fresh):
     assert_same_pixels(render_predictions(images, wanted), pixels)
 
 
+@pytest.mark.skipif(
+    tuple(int(part) for part in matplotlib.__version__.split(".")[:2]) < (3, 11),
+    reason="matplotlib draws text glyph by glyph from 3.11 on; before, every title line goes to draw_text",
+)
+def test_new_title_lines_are_drawn_from_kept_glyph_bitmaps(fresh, monkeypatch):
+    # A new first line is laid out by matplotlib and its glyphs blended from bitmaps rendered once per
+    # glyph and sub-pixel offset: the figure is still the full draw's, pixel for pixel (the test above).
+    bitmaps = render._GlyphBitmaps()
+    assert bitmaps.usable()
+    monkeypatch.setattr(render, "_GLYPH_BITMAPS", bitmaps)
+    images = np.zeros((4, 1, 8, 8), dtype=np.float32)
+    first = [(f"Coat, {value:.1f}%\n(label: Bag)", "red") for value in (12.5, 47.3, 88.1, 3.0)]
+    assert_same_pixels(render_predictions(images, first), reference_predictions(images, first))
+    kept = len(bitmaps._bitmaps)
+    assert kept > 0
+    again = [(f"Coat, {value:.1f}%\n(label: Bag)", "red") for value in (21.5, 74.3, 18.8, 30.0)]
+    assert_same_pixels(render_predictions(images, again), reference_predictions(images, again))
+    assert len(bitmaps._bitmaps) < 2 * kept  # mostly the same glyphs at the same offsets: reused
+
+
+def test_glyph_bitmaps_that_do_not_match_matplotlib_are_not_used(fresh, monkeypatch):
+    # The check runs once per process: a way of drawing that gives other pixels than draw_text (here,
+    # one pixel to the right) is found out, and every line then goes to matplotlib's own draw_text.
+    bitmaps = render._GlyphBitmaps()
+    draw = render._GlyphBitmaps.draw
+
+    def off_by_one(self, renderer, gc, x, y, s, prop, mtext):
+        draw(self, renderer, gc, x + 1, y, s, prop, mtext)
+
+    monkeypatch.setattr(render._GlyphBitmaps, "draw", off_by_one)
+    assert not bitmaps.usable()
+    monkeypatch.setattr(render, "_GLYPH_BITMAPS", bitmaps)
+    images = np.zeros((2, 1, 8, 8), dtype=np.float32)
+    titles = [("Coat, 12.5%\n(label: Bag)", "red"), ("Bag, 99.0%\n(label: Bag)", "green")]
+    assert_same_pixels(render_predictions(images, titles), reference_predictions(images, titles))
+
+
 def test_predictions_titles_over_images_and_neighbours_are_drawn_as_a_full_draw_does(fresh):
     # Titles of many lines run over the images, long ones over the next panel's title, white ones
     # leave nothing on white, "$" is no mathtext: such lines are never pasted where they were not white.

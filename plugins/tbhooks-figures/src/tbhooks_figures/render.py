@@ -105,6 +105,7 @@ def clear_templates() -> None:
         _MATRIX_TEMPLATES.clear()
         _PREDICTION_TEMPLATES.clear()
         _GLYPHS.clear()
+        _GLYPH_BITMAPS.clear()
 
 
 def _short(name: str) -> str:
@@ -303,6 +304,154 @@ def _panel_figure(layout: _PanelLayout) -> tuple[Figure, list[Text]]:
     return figure, titles
 
 
+class _GlyphBitmaps:
+    """Agg's ``draw_text`` for a line of plain text, with each glyph's bitmap drawn once.
+
+    Since matplotlib 3.11 Agg draws text glyph by glyph: it lays the line out
+    (``FT2Font._layout``), then for each glyph has FreeType render it at the
+    glyph's position in 1/64 pixel (``_set_transform``, ``_render_glyph``)
+    and blends the bitmap into the canvas (``draw_text_image``).  Rendering
+    a glyph at a position whole pixels away gives the same bitmap, moved by
+    those pixels; so here each glyph is rendered once per font, size, dpi,
+    hinting and sub-pixel offset, and later lines blend the kept bitmap
+    with the same ``draw_text_image`` call.  The pixels are the ones
+    ``draw_text`` gives: :meth:`usable` checks it once per process by
+    drawing a sample both ways, and where it fails (another matplotlib, a
+    private name missing) every line goes to ``draw_text``.
+
+    It saves the rendering of each glyph and matplotlib's per-glyph transform
+    arithmetic, about half a new line's time; the layout stays matplotlib's.
+    """
+
+    limit = 4096
+    """Bitmaps kept (a few hundred bytes each); all are dropped when it is reached."""
+
+    _SAMPLE = "Ankle Boot, 47.3% (label: T-shirt/top) 0123456789"
+
+    def __init__(self) -> None:
+        self._bitmaps: dict[Hashable, tuple[np.ndarray, int, int]] = {}
+        self._usable: bool | None = None
+
+    def clear(self) -> None:
+        self._bitmaps.clear()
+
+    def usable(self) -> bool:
+        """Whether this matplotlib draws text as this class assumes (checked on first use)."""
+        if self._usable is None:
+            self._usable = False
+            try:
+                self._usable = self._check()
+            except Exception:  # a private name missing or changed: matplotlib draws every line
+                self._usable = False
+        return self._usable
+
+    def _check(self) -> bool:
+        from matplotlib.backends.backend_agg import RendererAgg
+        from matplotlib.ft2font import FT2Font
+
+        if not all(
+            hasattr(owner, name)
+            for owner, name in (
+                (RendererAgg, "_draw_text_glyphs_and_boxes"),
+                (RendererAgg, "_prepare_font"),
+                (FT2Font, "_layout"),
+                (FT2Font, "_render_glyph"),
+                (FT2Font, "_set_transform"),
+            )
+        ):
+            return False
+        drawn = []
+        for own in (False, True, True):  # the second own draw uses the bitmaps the first one kept
+            figure = Figure(figsize=(4.0, 0.5), dpi=100)
+            text = figure.text(0.0131, 0.37, self._SAMPLE, fontsize=9, color="red", parse_math=False)
+            canvas = FigureCanvasAgg(figure)
+            canvas.draw()
+            renderer = canvas.get_renderer()
+            pixels = _canvas_pixels(canvas)
+            pixels[...] = 255
+            text.draw(_LinesVia(renderer, self) if own else renderer)
+            drawn.append(pixels.copy())
+        return bool((drawn[0] == drawn[1]).all() and (drawn[0] == drawn[2]).all() and (drawn[0] != 255).any())
+
+    def draw(self, renderer: Any, gc: Any, x: float, y: float, s: str, prop: FontProperties, mtext: Any) -> None:
+        """Draw line ``s`` as ``renderer.draw_text(gc, x, y, s, prop, 0, False, mtext)`` does."""
+        from matplotlib.backends.backend_agg import get_hinting_flag
+        from matplotlib.ft2font import RenderMode
+
+        font = renderer._prepare_font(prop)
+        flags = get_hinting_flag()
+        items = font._layout(
+            s,
+            flags=flags,
+            features=mtext.get_fontfeatures() if mtext is not None else None,
+            language=mtext.get_language() if mtext is not None else None,
+        )
+        size = prop.get_size_in_points()
+        dpi = renderer.dpi
+        antialiased = gc.get_antialiased()
+        height = renderer.height
+        canvas_height = int(height)
+        bitmaps = self._bitmaps
+        draw_image = renderer._renderer.draw_text_image
+        for item in items:
+            font_object = item.ft_object
+            # Agg's position of the glyph in 1/64 pixel (y up), as _draw_text_glyphs_and_boxes computes it.
+            x64, y64 = round(0x40 * (x + item.x)), round(0x40 * (height - y + item.y))
+            key = (font_object, size, dpi, item.glyph_index, x64 & 63, y64 & 63, flags, antialiased)
+            bitmap = bitmaps.get(key)
+            if bitmap is None:
+                font_object.set_size(size, dpi)
+                font_object._set_transform(_NO_ROTATION, [x64 & 63, y64 & 63])
+                rendered = font_object._render_glyph(
+                    item.glyph_index, flags, RenderMode.NORMAL if antialiased else RenderMode.MONO
+                )
+                buffer = np.array(rendered.buffer, dtype=np.uint8)  # a copy: FreeType reuses its own
+                if not antialiased:
+                    buffer *= 0xFF
+                bitmap = (buffer, rendered.left, rendered.top)
+                if len(bitmaps) >= self.limit:
+                    bitmaps.clear()
+                bitmaps[key] = bitmap
+            buffer, left, top = bitmap
+            draw_image(buffer, left + (x64 >> 6), canvas_height - top - (y64 >> 6) + buffer.shape[0], 0, gc)
+
+
+_NO_ROTATION = np.array([[0x10000, 0], [0, 0x10000]])
+_GLYPH_BITMAPS = _GlyphBitmaps()
+
+
+def _text_renderer(renderer: Any) -> Any:
+    """``renderer``, drawing plain lines from kept glyph bitmaps where that gives the same pixels."""
+    return _LinesVia(renderer, _GLYPH_BITMAPS) if _GLYPH_BITMAPS.usable() else renderer
+
+
+class _LinesVia:
+    """A renderer whose ``draw_text`` draws plain lines at angle 0 through :class:`_GlyphBitmaps`."""
+
+    def __init__(self, renderer: Any, bitmaps: _GlyphBitmaps) -> None:
+        self._renderer = renderer
+        self._bitmaps = bitmaps
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._renderer, name)
+
+    def draw_text(
+        self,
+        gc: Any,
+        x: float,
+        y: float,
+        s: str,
+        prop: FontProperties,
+        angle: float,
+        ismath: Any = False,
+        mtext: Any = None,
+    ) -> None:
+        if angle or ismath:
+            self._renderer.draw_text(gc, x, y, s, prop, angle, ismath, mtext)
+        else:
+            self._bitmaps.draw(self._renderer, gc, x, y, s, prop, mtext)
+
+
 class _LinesOnWhite:
     """Text lines as Agg drew them on white, pasted where the same line lands on white again.
 
@@ -380,9 +529,15 @@ class _LinesOnWhite:
                 self._lines.move_to_end(key)
                 pixels[row + top : row + top + patch.shape[0], col + left : col + left + patch.shape[1]] = patch
                 return
-            renderer.draw_text(gc, x, y, s, prop, angle, ismath, mtext)
+            self._draw_line(gc, x, y, s, prop, mtext)
             return
         self._record(key, gc, x, y, s, prop, mtext, pixels)
+
+    def _draw_line(self, gc: Any, x: float, y: float, s: str, prop: FontProperties, mtext: Any) -> None:
+        if _GLYPH_BITMAPS.usable():
+            _GLYPH_BITMAPS.draw(self._renderer, gc, x, y, s, prop, mtext)
+        else:
+            self._renderer.draw_text(gc, x, y, s, prop, 0.0, False, mtext)
 
     def _record(
         self, key: Hashable, gc: Any, x: float, y: float, s: str, prop: FontProperties, mtext: Any, pixels: np.ndarray
@@ -397,7 +552,7 @@ class _LinesOnWhite:
         top, bottom = max(0, row - math.ceil(1.5 * em) - 2), min(height, row + math.ceil(em) + 2)
         left, right = max(0, col - math.ceil(em) - 2), min(width, col + math.ceil(1.5 * em * len(s)) + 2)
         before = pixels[top:bottom, left:right].copy()
-        renderer.draw_text(gc, x, y, s, prop, 0.0, False, mtext)
+        self._draw_line(gc, x, y, s, prop, mtext)
         after = pixels[top:bottom, left:right]
         changed = (after != before).any(axis=2)
         rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
@@ -856,7 +1011,7 @@ class _MatrixTemplate:
         pixels[rows, cols.stop :] = self.static[rows, cols.stop :]
         self._draw_numbers(counts, renderer, pixels)
         self.axes.title.set_text(title)
-        self.axes.title.draw(renderer)
+        self.axes.title.draw(_text_renderer(renderer))
         return _rgb(pixels)
 
     def _draw_numbers(self, counts: np.ndarray, renderer: Any, pixels: np.ndarray) -> None:
@@ -965,7 +1120,7 @@ class _MatrixTemplate:
         artist.set_text(text)
         artist.set_color(colour)
         artist.set_visible(True)
-        artist.draw(renderer)
+        artist.draw(_text_renderer(renderer))
         return index + 1
 
 
