@@ -151,6 +151,45 @@ def test_histogram_summary_bytes_are_what_protobuf_serializes(bins):
         assert _records.histograms_summary(tags, table, limits, counts) == expected
 
 
+def test_graph_def_bytes_are_what_protobuf_serializes():
+    from tensorboard.compat.proto.attr_value_pb2 import AttrValue
+    from tensorboard.compat.proto.graph_pb2 import GraphDef
+    from tensorboard.compat.proto.node_def_pb2 import NodeDef
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    from tensorboard.compat.proto.versions_pb2 import VersionDef
+
+    from tbhooks.default_plugins._graphdef import graph_bytes, node_bytes
+
+    # (name, op, inputs, attribute text, output shapes): no attributes at all, shapes only, text only
+    # (an empty one too), a zero size (proto3 leaves it out), a scalar's empty shape, large sizes, unicode.
+    nodes = [
+        ("input/x", "IO Node", [], None, []),
+        ("Net/Linear[fc]/weight", "Parameter", [], None, [(10, 4)]),
+        ("Net/Linear[fc]/input.3", "aten::linear", ["input/x", "Net/Linear[fc]/weight"], "{}", [(0, 10), ()]),
+        ("Net/é/ü", "prim::Constant", [], "{value : tensor(float32, [3])}", [(2**40, 1, 300)]),
+        ("output/output.1", "IO Node", ["Net/Linear[fc]/input.3:1"], None, [(128,)]),
+    ]
+
+    def shape(sizes):
+        return TensorShapeProto(dim=[TensorShapeProto.Dim(size=size) for size in sizes])
+
+    def attributes(text, shapes):
+        attr = {"attr": AttrValue(s=text.encode())} if text is not None else {}
+        if shapes:
+            attr["_output_shapes"] = AttrValue(list=AttrValue.ListValue(shape=[shape(s) for s in shapes]))
+        return attr
+
+    expected = GraphDef(
+        node=[NodeDef(name=n, op=o, input=i, attr=attributes(t, s)) for n, o, i, t, s in nodes],
+        versions=VersionDef(producer=22),
+    )
+    ours = graph_bytes([node_bytes(*node) for node in nodes])
+    # The attr map's keys in sorted order, as deterministic serialization writes them.
+    assert ours == expected.SerializeToString(deterministic=True)
+    event = Event.FromString(_records.graph_def_event(ours))
+    assert event.graph_def == ours and event.step == 0 and event.wall_time > 0
+
+
 def test_events_written_as_bytes_read_back_in_order(tmp_path):
     writer = SummaryWriter(str(tmp_path))
     try:

@@ -476,7 +476,7 @@ def test_a_trace_the_converter_cannot_read_falls_back_to_add_graph(
     def unreadable(*args: object) -> None:
         raise KeyError("an output the converter never saw")
 
-    monkeypatch.setattr(graph_module, "to_graph_def", unreadable)
+    monkeypatch.setattr(graph_module, "graph_def_bytes", unreadable)
     train(TupleNet(), tmp_path, batches(n=2))
     assert any("TupleNet[model]/Linear[trunk]/" in name for name in node_names(tmp_path))
     assert graph_events(tmp_path) == 1

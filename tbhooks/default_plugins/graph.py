@@ -36,10 +36,10 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tensorboard.compat.proto.event_pb2 import Event
 from torch import nn
 
-from tbhooks.default_plugins._graphdef import to_graph_def, trace_graph
+from tbhooks._records import graph_def_event, write_event
+from tbhooks.default_plugins._graphdef import graph_def_bytes, trace_graph
 from tbhooks.default_plugins._options import check_bool
 from tbhooks.markers import hookimpl
 
@@ -264,11 +264,11 @@ class Graph:
                 # One trace, no ScriptModule built (see _graphdef): about 8 ms on the tutorial's
                 # CNN where torch.jit.trace and add_graph take about 21 ms.
                 try:
-                    graph_def = to_graph_def(graph, wrapper, model, input_names(template))
+                    graph_def = graph_def_bytes(graph, wrapper, model, input_names(template))
                 except Exception:  # a trace this converter does not know: add_graph's own parser below
                     graph_def = None
                 if graph_def is not None:
-                    run.writer._get_file_writer().add_event(Event(graph_def=graph_def.SerializeToString()))
+                    write_event(run.writer, graph_def_event(graph_def))
                     return
             # This torch lacks the private tracer API, or the converter failed: trace as
             # add_graph does, without check_trace, which runs the model twice more and
