@@ -110,5 +110,11 @@ class Images:
         run.submit(self._write, run, to_uint8(grid).cpu(), step)
 
     def _write(self, run: Run, grid: torch.Tensor, step: int) -> None:
-        # uint8 goes to the PNG unscaled: add_image multiplies only float images by 255.
-        run.writer.add_image(TAG, grid, step)
+        # What add_image(TAG, grid, step) writes, with the PNG encoded by the render worker's encoder
+        # (no row filters, zlib level 1): PIL's took most of this background task's time, which
+        # holds the GIL while training runs.
+        from tbhooks._records import summary_event, write_event
+        from tbhooks.render_worker import image_summary
+
+        pixels = grid.permute(1, 2, 0).contiguous().numpy()  # [C, H, W] -> [H, W, C]
+        write_event(run.writer, summary_event(image_summary(pixels, TAG), step))
