@@ -993,6 +993,11 @@ PEERS = ("tutorial", "lightning", "ignite")
 """Rows run once in the lockstep table: no target applies to them, one lockstep run already tells them
 apart (their runs' spread was under 4 points), and their repetitions took about a minute of the bench."""
 
+DIAGNOSTIC_REPS = 2
+"""Lockstep runs of the rows no target applies to that explain the others (the default row's variants with
+``measure_overhead`` and ``flush_secs=120``, the rows with plugins taken out): in the first two repetitions
+only.  Their third runs took about 45 s, and on a slow machine the bench came within 5 s of its 10 minutes."""
+
 
 def make_lock_rows(rows: list[Row]) -> list[LockRow]:
     """The lockstep rows: every row of the main table that ran (the bare loop against itself is the control)."""
@@ -1002,7 +1007,7 @@ def make_lock_rows(rows: list[Row]) -> list[LockRow]:
             r.title + (" (control)" if r.key == "bare" else " (1 run)" if r.key in PEERS else ""),
             r.fn,
             r.target,
-            reps=1 if r.key in PEERS else None,
+            reps=1 if r.key in PEERS else DIAGNOSTIC_REPS if r.key in ("measured", "flush120") else None,
         )
         for r in rows
         if not r.skipped
@@ -1133,13 +1138,21 @@ def attribution_rows() -> list[LockRow]:
                 title = "tbhooks default without any plugin (the Trainer alone)"
             else:
                 title = f"tbhooks {base} without {', '.join(removed)}"
-            rows.append(LockRow(f"{base}-{'-'.join(removed)}", title, without(base, removed)))
+            rows.append(LockRow(f"{base}-{'-'.join(removed)}", title, without(base, removed), reps=DIAGNOSTIC_REPS))
     return rows
 
 
 def gains_over(row: LockRow, base: LockRow) -> list[float]:
     """How much higher ``row``'s corrected ratio is than ``base``'s, per repetition (runs paired in order)."""
-    return [mine - theirs for mine, theirs in zip(row.corrected, base.corrected, strict=True)]
+    # A row of fewer repetitions (DIAGNOSTIC_REPS) ran in the first ones: paired with the base row's runs of those.
+    return [mine - theirs for mine, theirs in zip(row.corrected, base.corrected[: len(row.corrected)], strict=True)]
+
+
+def paired_ratio(row: LockRow, base: LockRow) -> float:
+    """The median over repetitions of ``row``'s corrected ratio / ``base``'s in the same repetition."""
+    count = min(len(row.corrected), len(base.corrected))
+    pairs = zip(row.corrected[:count], base.corrected[:count], strict=True)
+    return statistics.median(mine / theirs for mine, theirs in pairs)
 
 
 def attribution_table(lock_rows: list[LockRow], extra: list[LockRow]) -> list[list[str]]:
@@ -1245,6 +1258,10 @@ def main(argv: list[str] | None = None) -> int:
         attribution_body = attribution_table(lock_rows, extra)
         short = attribution_summary(lock_rows, extra)
         lock_ratios = {r.key: statistics.median(r.corrected) for r in lock_rows}
+        by_key = {r.key: r for r in lock_rows}
+        for mine, theirs in (("default", "flush120"), ("measured", "default")):
+            if mine in by_key and theirs in by_key:
+                lock_ratios[f"{mine}/{theirs}"] = paired_ratio(by_key[mine], by_key[theirs])
         body, ratios = main_table(rows, w.steps)
         header = [
             "row",
@@ -1412,7 +1429,8 @@ def render(
         "Separate runs on this machine scatter by several percent from one run to the next (the bare loop's "
         "own range above), more than the differences the targets are about. Here each row runs once per "
         f"repetition ({config.lockstep_reps} interleaved repetitions; the peers, to which no target applies, "
-        "in the first only) with a training loader that, before "
+        f"in the first only; the rows that explain the others, the default row's variants and the rows with "
+        f"plugins taken out, in the first {DIAGNOSTIC_REPS}) with a training loader that, before "
         "handing the row each batch, runs one step of the bare loop on its own copy of the network and its "
         "own iterator over the same data, timed with the training thread's CPU clock. The bare loop and the "
         "row so alternate step by step in one run and share whatever the machine does meanwhile. Ratio = the "
@@ -1453,16 +1471,17 @@ def render(
         say()
         say(
             "What the plugins do in that time (from profiles, not measured here): the graph plugin traces the "
-            "model once per run (recording the operations and building the GraphDef, no ScriptModule); the "
-            "figures plugin's last two figures are drawn side by side by the render worker and its fork while "
-            "`close` waits for them, so that nothing logged is lost; the histogram plugin copies the tensors "
+            "model once per run (recording the operations and building the GraphDef's bytes, no ScriptModule); "
+            "the figures plugin's last two figures are drawn side by side by the render worker and its fork "
+            "while `close` waits for them, so that nothing logged is lost (most of it laying out the "
+            "predictions' new title lines); the histogram plugin copies the tensors "
             "on the training thread (the small ones in one concatenation) and bins them on the background "
             "thread (the small ones together, in one pass of numpy calls) and writes one event per step, built "
             "with numpy; that thread shares the GIL with training for every Python-level call (on this "
             "dispatch-bound workload, background work that holds the GIL costs training most of its own "
-            "duration); the scalars plugin's logging steps (every 50 steps) read the loss total back and keep "
-            "one event's bytes, handed to the writer with the others at most a second later, between cold "
-            "caches; the Trainer alone keeps a reference to each step's loss and counts the step."
+            "duration); the scalars plugin's logging steps (every 50 steps) read the losses back (as floats, "
+            "on the CPU) and keep the values, whose events are built and handed to the writer at most a second "
+            "later, between cold caches; the Trainer alone keeps a reference to each step's loss and counts the step."
         )
         say()
 
@@ -1530,20 +1549,22 @@ def render(
                 "—",
             ]
         )
-    if "default" in lock_ratios and "flush120" in lock_ratios:
+    if "default/flush120" in lock_ratios:
         micro.append(
             [
-                "flush interval: steps/s with `flush_secs=2` / with `flush_secs=120` (default plugins, lockstep)",
-                f"{lock_ratios['default'] / lock_ratios['flush120']:.3f}",
+                "flush interval: steps/s with `flush_secs=2` / with `flush_secs=120` (default plugins, lockstep; "
+                "median over the repetitions both ran in)",
+                f"{lock_ratios['default/flush120']:.3f}",
                 "—",
                 "—",
             ]
         )
-    if "default" in lock_ratios and "measured" in lock_ratios:
+    if "measured/default" in lock_ratios:
         micro.append(
             [
-                "`measure_overhead=True`: steps/s with / without (default plugins, lockstep)",
-                f"{lock_ratios['measured'] / lock_ratios['default']:.3f}",
+                "`measure_overhead=True`: steps/s with / without (default plugins, lockstep; median over the "
+                "repetitions both ran in)",
+                f"{lock_ratios['measured/default']:.3f}",
                 "—",
                 "—",
             ]

@@ -328,10 +328,12 @@ class Trainer:
     def _train_epoch(self, model: nn.Module, loader: Iterable[Any], hooks: Hooks, show: bool) -> None:
         model.train()
         hooks.epoch_start()
-        seen = 0
-        # The loop body runs once per step between cold caches: every operation it can skip is
-        # a microsecond or so.  So the common case (a pair of tensors already on the device, a
-        # tensor output) takes no helper call; anything else goes through the helpers.
+        first_step = hooks.step
+        # The loop body runs once per step between cold caches, where every operation costs
+        # a microsecond or so (in lockstep with a bare loop, a dozen type and device checks
+        # cost 0.3% of this tutorial network's step).  So the common case, a list or tuple of
+        # two tensors already on the device and a tensor output, is told in one test and takes
+        # no helper call; anything else goes through the helpers.
         device, run, loss_fn, optimizer = self.device, hooks.run, self.loss_fn, self.optimizer
         # On the CPU, tensor.is_cpu reads a flag where tensor.device == device builds a
         # torch.device (about a microsecond from cold caches, twice a step).
@@ -339,31 +341,31 @@ class Trainer:
         plain = self.output is None
         try:
             for batch in self._batches(loader, show, f"epoch {hooks.epoch}"):
-                if type(batch) in _PAIRS and len(batch) == 2:
-                    inputs, targets = batch
-                else:
+                try:
+                    inputs, targets = batch if type(batch) in _PAIRS else ()
+                    # Tensors have is_cpu and device; other inputs (dicts, tuples) raise here.
+                    ready = (inputs.is_cpu and targets.is_cpu) if cpu else (inputs.device == targets.device == device)
+                except (ValueError, AttributeError):
+                    ready = False
+                if not ready:
                     inputs, targets = split_batch(batch)
-                if not (type(inputs) is torch.Tensor and (inputs.is_cpu if cpu else inputs.device == device)):
-                    inputs = move_to(inputs, device)
-                if not (type(targets) is torch.Tensor and (targets.is_cpu if cpu else targets.device == device)):
-                    targets = move_to(targets, device)
+                    inputs, targets = move_to(inputs, device), move_to(targets, device)
                 hooks.batch_start()
                 # The tutorial's order: the previous step's gradients are freed before the
                 # forward pass allocates this step's activations (a lower peak of memory).
                 optimizer.zero_grad(set_to_none=True)
-                outputs = model(inputs) if type(inputs) is torch.Tensor else call_model(model, inputs)
+                outputs = model(inputs) if ready else call_model(model, inputs)
                 loss = loss_fn(
                     outputs if plain and type(outputs) is torch.Tensor else select_output(outputs, self.output), targets
                 )
                 loss.backward()
                 optimizer.step()
                 hooks.batch_end(inputs, targets, outputs, loss)
-                seen += 1
                 if run.stop_reason is not None:
                     break
         finally:
             self.step = hooks.step  # also when the loop stops on an exception: state_dict() resumes from here
-        if seen == 0:
+        if hooks.step == first_step:
             hooks.run.warn_once("empty-train", "tbhooks: the training loader yielded no batch (empty loader?)")
         hooks.epoch_end()
         self.epoch = hooks.epoch + 1

@@ -22,9 +22,11 @@ those pixels and draws only what changes, in the order a full draw would:
 * predictions: the image panels are pasted into the canvas as ``uint8`` pixels
   (what ``figimage`` of the float grid draws), then matplotlib draws each
   title; a title line drawn before onto white is pasted instead
-  (:class:`_LinesOnWhite`);
+  (:class:`_LinesOnWhite`), and a new one is laid out by matplotlib and its
+  glyphs blended from bitmaps rendered once (:class:`_GlyphBitmaps`);
 * confusion matrix: matplotlib draws the image of counts, then the frame and
-  tick marks that overlap its edge; then the cell numbers, then the title.
+  tick marks that overlap its edge; then the cell numbers, then the title
+  (its glyphs from :class:`_GlyphBitmaps` too).
   The cell numbers are the costly part (a hundred texts, about a millisecond
   each), so they are composited from digits matplotlib drew once
   (:class:`_Glyphs`), blended with Agg's own formula.
