@@ -93,9 +93,8 @@ class Scalars:
         values: dict[str, float] = {}
         losses = run.train_losses
         count = losses.count
-        if count > self._mark_count:
-            total_value = losses.value()
-            assert total_value is not None  # count > 0
+        total_value = losses.value() if count > self._mark_count else None
+        if total_value is not None:
             value = (total_value - self._mark_total) / (count - self._mark_count)
             if run.world_size > 1 and torch.distributed.is_initialized():
                 mean = torch.tensor(value, dtype=torch.float64, device=run.device)
