@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tbhooks._records import summary_event, write_event
 from tbhooks.default_plugins._images import check_floats, image_batch, to_uint8, to_unit
 from tbhooks.default_plugins._options import check_int
 from tbhooks.markers import hookimpl
+from tbhooks.render_worker import image_summary
 
 if TYPE_CHECKING:
     import torch
@@ -113,8 +115,5 @@ class Images:
         # What add_image(TAG, grid, step) writes, with the PNG encoded by the render worker's encoder
         # (no row filters, zlib level 1): PIL's took most of this background task's time, which
         # holds the GIL while training runs.
-        from tbhooks._records import summary_event, write_event
-        from tbhooks.render_worker import image_summary
-
         pixels = grid.permute(1, 2, 0).contiguous().numpy()  # [C, H, W] -> [H, W, C]
         write_event(run.writer, summary_event(image_summary(pixels, TAG), step))

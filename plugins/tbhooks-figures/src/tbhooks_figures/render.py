@@ -428,7 +428,9 @@ def _text_renderer(renderer: Any) -> Any:
 
 
 class _LinesVia:
-    """A renderer whose ``draw_text`` draws plain lines at angle 0 through :class:`_GlyphBitmaps`."""
+    """A renderer whose ``draw_text`` draws plain lines at angle 0 through ``bitmaps``, unchecked (the
+    check itself draws through it; elsewhere it stands in for a renderer only where ``bitmaps.usable()``);
+    everything else goes to ``renderer``."""
 
     def __init__(self, renderer: Any, bitmaps: _GlyphBitmaps) -> None:
         self._renderer = renderer
@@ -454,7 +456,7 @@ class _LinesVia:
             self._bitmaps.draw(self._renderer, gc, x, y, s, prop, mtext)
 
 
-class _LinesOnWhite:
+class _LinesOnWhite(_LinesVia):
     """Text lines as Agg drew them on white, pasted where the same line lands on white again.
 
     It stands in for a canvas's renderer while texts are drawn (every call
@@ -475,11 +477,8 @@ class _LinesOnWhite:
     """Lines kept (least recently used first out); a line is a few KiB."""
 
     def __init__(self, renderer: Any) -> None:
-        self._renderer = renderer
+        super().__init__(renderer, _GLYPH_BITMAPS)
         self._lines: OrderedDict[Hashable, tuple[np.ndarray, int, int, tuple[int, int, int, int]]] = OrderedDict()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._renderer, name)
 
     def draw_text(
         self,
@@ -536,8 +535,8 @@ class _LinesOnWhite:
         self._record(key, gc, x, y, s, prop, mtext, pixels)
 
     def _draw_line(self, gc: Any, x: float, y: float, s: str, prop: FontProperties, mtext: Any) -> None:
-        if _GLYPH_BITMAPS.usable():
-            _GLYPH_BITMAPS.draw(self._renderer, gc, x, y, s, prop, mtext)
+        if self._bitmaps.usable():
+            self._bitmaps.draw(self._renderer, gc, x, y, s, prop, mtext)
         else:
             self._renderer.draw_text(gc, x, y, s, prop, 0.0, False, mtext)
 
