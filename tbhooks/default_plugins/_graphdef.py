@@ -30,7 +30,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tensorboard.compat.proto.graph_pb2 import GraphDef
 
 from tbhooks._records import field_bytes, varint
 
@@ -217,8 +216,3 @@ def graph_def_bytes(graph: Any, traced: nn.Module, root: nn.Module, arguments: l
         shapes = [shape] if shape is not None else []
         nodes.append(node_bytes(name, "IO Node", [names[value.debugName()]], None, shapes))
     return graph_bytes(nodes)
-
-
-def to_graph_def(graph: Any, traced: nn.Module, root: nn.Module, arguments: list[str]) -> GraphDef:
-    """:func:`graph_def_bytes` as a ``GraphDef`` message."""
-    return GraphDef.FromString(graph_def_bytes(graph, traced, root, arguments))
