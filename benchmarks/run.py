@@ -586,12 +586,13 @@ def inline_figure_ms(w: Workload, calls: int) -> float:
 def figure_thread_ms(w: Workload, cycles: int, steps_between: int, *, figures: bool = True) -> dict[str, Any]:
     """What each figure of the figures plugin costs the training thread: the time it spends on them.
 
-    One hand-written run with the figures plugin alone: ``cycles`` times, an
-    evaluation (the plugin hands two figures to the render worker process)
-    and then ``steps_between`` training steps; then ``close``, which waits
-    for any drawing left.  The training thread spends on the figures the
-    time in tbhooks' evaluation calls and the whole close; divided by the
-    figures written in the timed part (read back from the event file).
+    One hand-written run with the figures plugin alone: ``steps_between``
+    training steps, then ``cycles`` times an evaluation (the plugin hands
+    two figures to the render worker process) and ``steps_between`` more
+    steps; then ``close``, which waits for any drawing left.  The training
+    thread spends on the figures the time in tbhooks' evaluation calls and
+    the whole close; divided by the figures written (read back from the
+    event file).
 
     Reported apart, not added: an estimate of how much the drawing (in
     another process, on another core) slows the training steps meanwhile,
@@ -626,17 +627,12 @@ def figure_thread_ms(w: Workload, cycles: int, steps_between: int, *, figures: b
     def evaluate() -> float:
         return timed_evaluation(hooks, net, w.eval, loss_fn)
 
-    hooks.fit_start()
-    evaluate()  # the first figures import matplotlib on the background thread: not counted
-    hooks.run.drain()
-    written_before = 2  # the warm-up evaluation's predictions figure and confusion matrix
-    hooks.epoch_start()  # also resets tbhooks' per-plugin clock
     batches = iter(w.train)
-    in_calls = contention = 0.0
-    for _ in range(cycles):
-        in_calls += evaluate()
+
+    def train(steps: int) -> list[float]:
+        nonlocal batches
         times = []
-        for _ in range(steps_between):
+        for _ in range(steps):
             batch = next(batches, None)
             if batch is None:
                 batches = iter(w.train)
@@ -651,6 +647,19 @@ def figure_thread_ms(w: Workload, cycles: int, steps_between: int, *, figures: b
             opt.step()
             hooks.batch_end(inputs, labels, outputs, loss)
             times.append(clock() - started)
+        return times
+
+    hooks.fit_start()
+    hooks.epoch_start()  # also resets tbhooks' per-plugin clock
+    # As in a run, training comes first (the render worker starts and warms up meanwhile) and the
+    # first evaluation's figures are counted with the others.  (Until run 6 a warm-up evaluation right
+    # after fit_start came first, not counted: its figures reached the worker while it was still
+    # starting, and the next evaluation's hooks took 3 to 6 ms where the others took under 1.)
+    train(steps_between)
+    in_calls = contention = 0.0
+    for _ in range(cycles):
+        in_calls += evaluate()
+        times = train(steps_between)
         half = len(times) // 2
         contention += sum(times[:half]) - sum(times[half : 2 * half])
     own = hooks._host.overhead.get("figures", 0.0)  # tbhooks' per-plugin clock (private, read only)
@@ -664,7 +673,7 @@ def figure_thread_ms(w: Workload, cycles: int, steps_between: int, *, figures: b
             "plain_close_ms": closing * 1e3,
         }
     events = read_events(logdir)
-    written = sum(len(v) for t, v in events.images.items() if t.startswith("figures/")) - written_before
+    written = sum(len(v) for t, v in events.images.items() if t.startswith("figures/"))
     if written <= 0:
         return {"skipped": "the figures plugin wrote no figure"}
     per = 1e3 / written
@@ -1686,9 +1695,11 @@ def render(
         "Histograms: best of the repeats, interleaved; `add_histogram` (numpy on the CPU, default "
         "'tensorflow' bins) vs `device_histogram` (torch) + `add_histogram_raw`, both to one writer on a "
         "temporary log directory.",
-        f"Figure time: one hand-written run with the figures plugin alone, {config.figure_cycles} cycles of an "
+        f"Figure time: one hand-written run with the figures plugin alone, {config.figure_steps} training steps "
+        f"(the render worker starts and warms up meanwhile, as in a run), then {config.figure_cycles} cycles of an "
         f"evaluation followed by {config.figure_steps} training steps, then close; and the same run without "
-        "the plugin. The training thread's time per figure is what the plugin adds to tbhooks' evaluation calls "
+        "the plugin. Every figure is counted, the first evaluation's included. The training thread's time per "
+        "figure is what the plugin adds to tbhooks' evaluation calls "
         "and to the close (which waits for drawing left): the run with the plugin less the run without it, "
         "divided by the figures written. The figures are drawn in the render worker process, which holds no lock the "
         "training thread needs; the slowdown of the training steps while it draws (another process on the "

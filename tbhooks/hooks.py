@@ -491,10 +491,13 @@ class Hooks:
             self._drain(wait=True)
             self.run.stop_background()
         finally:
-            self.run.writer.flush()
-            self.run.writer.close()
-            self._host.close()
-            self._restore_sigterm()
+            try:
+                self.run.writer.flush()
+                self.run.writer.close()
+            finally:
+                self.run.stop_render()
+                self._host.close()
+                self._restore_sigterm()
         summary = self._host.fault_summary()
         if summary:
             import logging

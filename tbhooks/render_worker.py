@@ -103,8 +103,10 @@ class RenderError(RuntimeError):
 
 
 def _write_message(stream: IO[bytes], ident: int, body: bytes) -> None:
-    stream.write(_HEADER.pack(ident, len(body)))
-    stream.write(body)
+    # One write, not the header's and the body's: a body larger than the stream's buffer made
+    # them two system calls, and each woke the process reading the pipe (each wake-up can
+    # take the writer's core for a while: seen as milliseconds in a plugin's evaluation hook).
+    stream.write(_HEADER.pack(ident, len(body)) + body)
     stream.flush()
 
 
@@ -597,6 +599,9 @@ class _Worker:
         self._queued = 0  # requests given to the sender and not yet written
         self._open = False  # the first message is written and the sender has not stopped
         self._reader: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._stopping = threading.Event()  # set by stop() (and once the worker is gone): the watchdog wakes
+        self._stop_timeout = RenderProcess.stop_timeout
         self._sender = threading.Thread(target=self._send, name="tbhooks-render-send", daemon=True)
         self._sender.start()
 
@@ -636,8 +641,15 @@ class _Worker:
         self.started.set()
         self._reader = threading.Thread(target=self._read, name="tbhooks-render-read", daemon=True)
         self._reader.start()
+        # Started here, not by stop(): starting a thread waits until it runs, which took close
+        # up to a millisecond where the cores were busy (the worker's own teardown, say).
+        self._watchdog = threading.Thread(target=self._watch, name="tbhooks-render-stop", daemon=True)
+        self._watchdog.start()
         stdin = self.process.stdin
         assert stdin is not None
+        # pipe_room's first call imports fcntl and termios (about 1.5 ms, longer while training
+        # holds the interpreter lock): here, not in the first direct write of a plugin's hook.
+        pipe_room(stdin.fileno())
         try:
             first = (list(sys.path), list(self.owner.preload))
             with self._writing:
@@ -676,13 +688,21 @@ class _Worker:
                     break
                 self.owner._answered(*message)
         self.finished.set()
+        self._stopping.set()  # ends the watchdog if no one asked the worker to stop
         status = process.wait()
         self.dead = True
         self._queue.put(None)  # ends the sender if it still waits
         self.owner._died(self, status)
 
+    def _watch(self) -> None:
+        """The watchdog: once the worker is asked to stop, kill it if it has not closed its answers pipe
+        within the timeout (a drawing that never ends, a full pipe it no longer reads)."""
+        self._stopping.wait()
+        if not self.finished.wait(self._stop_timeout) and self.process is not None:
+            self.process.kill()
+
     def stop(self, timeout: float) -> None:
-        """Ask the worker to exit once its queue is done; a watchdog thread kills it when it has not
+        """Ask the worker to exit once its queue is done; the watchdog thread kills it when it has not
         closed its answers pipe within ``timeout`` seconds.
 
         Returns at once: the caller (:meth:`RenderProcess.close`) has drained
@@ -692,15 +712,9 @@ class _Worker:
         training process ends first, the worker sees the end of its stdin
         and exits by itself.
         """
+        self._stop_timeout = timeout
+        self._stopping.set()
         self._queue.put(None)
-
-        def watch() -> None:
-            if not self.started.wait(timeout) or self.process is None:
-                return
-            if not self.finished.wait(timeout):
-                self.process.kill()
-
-        threading.Thread(target=watch, name="tbhooks-render-stop", daemon=True).start()
 
 
 class RenderProcess:

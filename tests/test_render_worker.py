@@ -568,3 +568,86 @@ def test_a_request_the_pipe_has_room_for_is_written_by_the_sending_thread(direct
     images = read_events(logdir).images["order"]
     assert [e.step for e in images] == list(range(7))
     assert [int(decode(e)[0, 0, 0]) for e in images] == list(range(7))
+
+
+class _RecordingRaw(io.RawIOBase):
+    """A raw stream that records the size of each write it is given (each would be a system call)."""
+
+    def __init__(self) -> None:
+        self.writes: list[int] = []
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk: Any) -> int:
+        self.writes.append(len(chunk))
+        self.data += chunk
+        return len(chunk)
+
+
+@pytest.mark.parametrize("size", [10, 25_600, 100_000])
+def test_a_message_is_one_write_whatever_its_size(size):
+    # Each write to the worker's pipe wakes the process reading it; a body larger than the stream's
+    # buffer used to go out as two writes (header, then body), two wake-ups in a plugin's hook.
+    raw = _RecordingRaw()
+    stream = io.BufferedWriter(raw, buffer_size=8192)
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    render_worker._write_message(stream, 9, body)
+    assert raw.writes == [render_worker._HEADER.size + size]
+    assert render_worker._read_message(io.BytesIO(bytes(raw.data))) == (9, body)
+
+
+def test_the_watchdog_starts_with_the_worker_so_that_close_starts_no_thread(direct, monkeypatch):
+    # Starting a thread waits until it runs: close used to start the watchdog, and took up to a
+    # millisecond longer where the cores were busy.  The watchdog still kills a worker that does not
+    # exit (the two tests above); one that exits by itself ends it too.
+    renderer, writer, _ = direct
+    renderer.submit(helpers.flat, (3,), {}, tag="t", step=1, writer=writer)
+    assert renderer.drain(WAIT)
+    worker = renderer._worker
+    assert worker._watchdog is not None and worker._watchdog.is_alive()
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def recording(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", recording)
+    renderer.close()
+    assert started == []
+    assert worker.finished.wait(WAIT)
+    worker._reader.join(WAIT)
+    worker._watchdog.join(WAIT)
+    assert not worker._watchdog.is_alive()
+    assert worker.process.returncode == 0  # asked to stop, not killed
+
+
+def test_a_worker_that_dies_ends_its_watchdog(direct):
+    renderer, writer, _ = direct
+    renderer.submit(helpers.flat, (1,), {}, tag="t", step=1, writer=writer)
+    assert renderer.drain(WAIT)
+    worker = renderer._worker
+    os.kill(renderer.pid, signal.SIGKILL)
+    assert worker.finished.wait(WAIT)
+    worker._watchdog.join(WAIT)
+    assert not worker._watchdog.is_alive()
+
+
+def test_the_run_closes_its_writer_before_it_lets_the_worker_exit(tmp_path, monkeypatch):
+    # The worker's exit wakes three threads here and keeps another core busy: the writer's close,
+    # which waits for its own thread, comes first.  Every image is written before either.
+    order: list[str] = []
+    with tbhooks.attach(mlp(), logdir=tmp_path, disable=BUILTIN_PLUGINS, autoload=False) as hooks:
+        hooks.run.render_image("img", 1, helpers.flat, 70)
+        worker = hooks.run._render._worker
+        close_writer, stop_worker = hooks.run.writer.close, worker.stop
+        monkeypatch.setattr(hooks.run.writer, "close", lambda: (order.append("writer"), close_writer())[1])
+        monkeypatch.setattr(worker, "stop", lambda timeout: (order.append("worker"), stop_worker(timeout))[1])
+    assert order == ["writer", "worker"]
+    (image,) = read_events(tmp_path).images["img"]
+    assert int(decode(image)[0, 0, 0]) == 70
+    assert worker.finished.wait(WAIT)
+    worker._reader.join(WAIT)
+    assert worker.process.returncode == 0
