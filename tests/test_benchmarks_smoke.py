@@ -52,12 +52,25 @@ def _verdict_agrees(value: float, target: float, verdict: str, higher_is_better:
     assert verdict == ("met" if ok else "**missed**"), (value, target, verdict)
 
 
+def _quotient_agrees(shown: float, numerator: float, denominator: float, step: float) -> None:
+    """``shown`` is ``numerator / denominator``, all three printed rounded to ``step``.
+
+    Rounding is what the bounds allow for: with the quick run's small times (a histogram in about a
+    millisecond, printed to 0.1 ms) a fixed relative tolerance failed once in a while."""
+    half = step / 2
+    low = (numerator - half) / (denominator + half) - half
+    high = (numerator + half) / (denominator - half) + half if denominator > half else float("inf")
+    assert low - 1e-9 <= shown <= high + 1e-9, (shown, numerator, denominator)
+
+
 def _target_agrees(ratio: float, low: float, high: float, target: str, verdict: str) -> None:
     """A ratio row's result cell agrees with its ratio, its repetitions' range and its target."""
     if target == "—":
         assert verdict == "—"
         return
     goal = float(target.removeprefix(">= "))
+    if min(abs(low - goal), abs(high - goal)) < 1e-3:  # an end of the range rounds onto the target: too close to call
+        return
     # "not resolved" exactly when the repetitions' ratios fall on both sides of the target; else met or missed.
     if low < goal <= high:
         assert verdict == "not resolved (repetitions on both sides)", (verdict, low, high, goal)
@@ -161,18 +174,19 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
     for line in sentences:
         title, ratio, target = re.match(r"(.+?): ([\d.]+) against ([\d.]+)", line).groups()
         assert float(ratio) == ratios[title]
-        assert ("points over at the median" in line) == (float(ratio) >= float(target))
+        if abs(float(ratio) - float(target)) >= 1e-3:  # else the rounded ratio cannot tell which side it is on
+            assert ("points over at the median" in line) == (float(ratio) >= float(target))
         for what, gain in re.findall(r"([a-z_]+) ([+-][\d.]+)(?:;|\.$)", line.split("one at a time", 1)[1]):
             assert parts[[r[0] for r in parts].index(f"{title.split(' (')[0]} without {what}")][3].startswith(gain)
 
     micro = {r[0].split(":")[0].split(" (")[0]: r for r in _table(text, "measurement")}
     dispatch = micro["dispatch"]
     guarded, bare_us, ratio = (float(x) for x in re.findall(r"[\d.]+", dispatch[1])[:3])
-    assert ratio == pytest.approx(guarded / bare_us, rel=0.02)
+    _quotient_agrees(ratio, guarded, bare_us, step=0.01)
     _verdict_agrees(ratio, 1.5, dispatch[3], higher_is_better=False)
     histogram = next(r for name, r in micro.items() if name.startswith("histogram of a"))
     theirs, ours, speedup = (float(x) for x in re.findall(r"[\d.]+", histogram[1].replace(",", ""))[:3])
-    assert speedup == pytest.approx(theirs / ours, rel=0.05)
+    _quotient_agrees(speedup, theirs, ours, step=0.1)
     _verdict_agrees(speedup, 2.0, histogram[3], higher_is_better=True)
     figure = next(r for name, r in micro.items() if name.startswith("figures plugin, training-thread"))
     if not figure[1].startswith("skipped"):
