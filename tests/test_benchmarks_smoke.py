@@ -55,8 +55,8 @@ def _verdict_agrees(value: float, target: float, verdict: str, higher_is_better:
 def _quotient_agrees(shown: float, numerator: float, denominator: float, step: float) -> None:
     """``shown`` is ``numerator / denominator``, all three printed rounded to ``step``.
 
-    Rounding is what the bounds allow for: with the quick run's small times (a histogram in about a
-    millisecond, printed to 0.1 ms) a fixed relative tolerance failed once in a while."""
+    Rounding is what the bounds allow for: with the quick run's small times (a histogram in a few
+    milliseconds, printed to 0.1 ms) rounding alone can move the quotient by more than a fixed 5%."""
     half = step / 2
     low = (numerator - half) / (denominator + half) - half
     high = (numerator + half) / (denominator - half) + half if denominator > half else float("inf")
