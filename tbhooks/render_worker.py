@@ -601,7 +601,7 @@ class _Worker:
         self._reader: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._stopping = threading.Event()  # set by stop() (and once the worker is gone): the watchdog wakes
-        self._stop_timeout = RenderProcess.stop_timeout
+        self._stop_timeout = owner.stop_timeout  # what stop() is given replaces it
         self._sender = threading.Thread(target=self._send, name="tbhooks-render-send", daemon=True)
         self._sender.start()
 
