@@ -25,6 +25,25 @@ table, and ``tests/test_lifecycle.py`` checks the order against it)::
 The names are stable: new arguments may be added to an event, none is ever
 renamed or removed, so a plugin written today keeps working.
 
+When ``on_batch_end`` fires: the schedule
+------------------------------------------
+
+``on_batch_end`` runs after every training batch, so it is the one event
+whose cost matters.  A plugin declares the steps it wants it on with a
+plain method (not a hook)::
+
+    def batch_end_due(self, step: int) -> bool:
+        return step % self.every_n_steps == 0
+
+At every step the core asks each plugin that has ``batch_end_due`` and
+raises ``on_batch_end`` only for the plugins that are due (pluggy's
+``subset_hook_caller``), and not at all on a step where none is.  A plugin
+without the method is due on every step.  The answer may depend on the
+step and on the plugin's own state (``Graph`` is due once, at the first
+batch of a fit); it is asked once per step, before the event, and must be
+cheap: no tensor work.  Module captures (``on_capture_request``) reach the
+plugins due at their step, so give a ``Capture`` the same schedule.
+
 Arguments shared by several events:
 
 ``run``
@@ -118,11 +137,13 @@ def on_batch_end(
     loss: torch.Tensor | None,
     captured: Mapping[str, torch.Tensor],
 ) -> None:
-    """Fires after every training batch, once the optimizer has stepped.
+    """Fires after a training batch, once the optimizer has stepped, for each
+    plugin due at this step (see "When on_batch_end fires" above).
 
-    This is the hot path: an implementation must return at once on steps it
-    does not log, and must not call ``.item()``, ``.cpu()`` or ``print`` on a
-    tensor there (each forces a device synchronisation).
+    This is the hot path: a plugin without ``batch_end_due`` is called on
+    every step, and must then return at once on steps it does not log,
+    without calling ``.item()``, ``.cpu()`` or ``print`` on a tensor (each
+    forces a device synchronisation).
 
     :param run: the run.
     :param step: the global step of this batch (1 for the first batch).

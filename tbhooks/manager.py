@@ -16,23 +16,23 @@ manager, and nothing is loaded at import time).  It registers, in this order:
 
 and ends with ``check_pending()``, so a misspelled hook fails before training.
 
-:class:`PluginHost` then wraps each hook implementation so that a plugin that
-raises is reported once and unregistered, and the run goes on (``strict``
-re-raises instead).
+:class:`PluginHost` then guards each hook implementation, so that a plugin
+that raises is reported once and unregistered, and the run goes on
+(``strict`` re-raises instead).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 import os
 import sys
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from types import FunctionType, ModuleType
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -40,7 +40,6 @@ import pluggy
 from tbhooks import hookspecs
 from tbhooks.errors import PluginFaultWarning
 from tbhooks.markers import NAME
-from tbhooks.run import format_exception
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -68,17 +67,19 @@ def env_list(name: str) -> list[str]:
 
 
 def plugin_name(plugin: object) -> str:
-    """The name a user plugin object is registered under.
-
-    Its ``name`` attribute when that is a string, else the module's name for a
-    module, else the class name in lower case.
-    """
+    """The name a user plugin object is registered under: its ``name`` attribute when that is a
+    string, else the module's name for a module, else the class name in lower case."""
     name = getattr(plugin, "name", None)
     if isinstance(name, str) and name:
         return name
     if isinstance(plugin, ModuleType):
         return plugin.__name__
     return type(plugin).__name__.lower()
+
+
+def format_exception(exc: BaseException) -> str:
+    """The traceback of ``exc`` as text, for fault reports."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
 
 
 @dataclass(frozen=True)
@@ -90,73 +91,27 @@ class PluginSource:
     version: str
 
 
-_IMPL_MARK = f"{NAME}_impl"
-"""The attribute ``@hookimpl`` sets on a function (pluggy's ``<project>_impl``)."""
-
-_SPEC_MARK = f"{NAME}_spec"
-"""The attribute ``@hookspec`` sets on a function (pluggy's ``<project>_spec``)."""
-
-
-class _PluginManager(pluggy.PluginManager):
-    """pluggy's manager, told quickly which attributes are not hook implementations.
-
-    ``register`` inspects every name in ``dir(plugin)`` without evaluating it
-    (``inspect.getattr_static``, tens of microseconds a name): a few
-    milliseconds for the built-in plugins at every run's start.  Dunders are
-    never events; a plain function in the class is an implementation with the
-    options its ``@hookimpl`` mark holds, or a method and nothing more; an
-    instance attribute that is not callable is the plugin's data; a property
-    or other descriptor in the class is not an implementation either, and is
-    not evaluated (pluggy 1.5 and 1.6 would call it).  Anything else (callable
-    instance attributes, static and class methods, modules' attributes) still
-    takes pluggy's own path.  Hook specifications likewise: a function of the
-    spec module carries its ``@hookspec`` options or none.
-    """
-
-    def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
-        if name.startswith("__"):
-            return None
-        if not isinstance(plugin, ModuleType):
-            own = getattr(plugin, "__dict__", None)
-            if isinstance(own, dict) and name in own:
-                if not callable(own[name]):
-                    return None  # the plugin's data: never an implementation
-            else:
-                for klass in type(plugin).__mro__:
-                    if name in klass.__dict__:
-                        found = klass.__dict__[name]
-                        if isinstance(found, FunctionType):
-                            # A method: its @hookimpl options, or nothing (what pluggy's own
-                            # lookup finds, without inspect.getattr_static's cost).
-                            opts = getattr(found, _IMPL_MARK, None)
-                            return opts if isinstance(opts, dict) else None
-                        if not isinstance(found, (staticmethod, classmethod)):
-                            # A property or another descriptor: never an implementation, and pluggy
-                            # before 1.7 would evaluate it (getattr) to find that out.
-                            return None
-                        break
-        return super().parse_hookimpl_opts(plugin, name)
-
-    def parse_hookspec_opts(self, module_or_class: Any, name: str) -> Any:
-        if isinstance(module_or_class, ModuleType) and not name.startswith("__"):
-            found = vars(module_or_class).get(name)
-            if isinstance(found, FunctionType):
-                opts = getattr(found, _SPEC_MARK, None)
-                return opts if isinstance(opts, dict) else None
-            if found is not None and not callable(found):
-                return None  # the spec module's constants and imports
-        return super().parse_hookspec_opts(module_or_class, name)
+def _check_plugin_objects(plugins: list[object]) -> None:
+    for plugin in plugins:
+        if plugin is None or isinstance(plugin, (str, bytes, int, float)):
+            raise TypeError(
+                f"plugins expects plugin objects (a module or an instance with @hookimpl methods), got {plugin!r}"
+            )
+        if isinstance(plugin, type):
+            raise TypeError(
+                f"plugins got the class {plugin.__name__}; pass an instance, for example {plugin.__name__}()"
+            )
 
 
-def _load_builtin(spec: str) -> object:
-    module_name, _, factory = spec.partition(":")
-    return getattr(importlib.import_module(module_name), factory)()
-
-
-def _tbhooks_version() -> str:
-    from tbhooks import __version__
-
-    return __version__
+def _load_entry_point(ep: Any) -> object:
+    loaded = ep.load()
+    if isinstance(loaded, type):
+        raise TypeError(
+            f"entry point {ep.name!r} = {ep.value!r} points at a class; point it at a module, "
+            f"an instance, or a function that returns a new instance (pluggy registers what it loads)"
+        )
+    # A factory is called once per run, so two runs in one process never share plugin state.
+    return loaded() if inspect.isfunction(loaded) else loaded
 
 
 def make_plugin_manager(
@@ -179,66 +134,46 @@ def make_plugin_manager(
     if isinstance(disable, str):
         disable = [disable]
     plugins = list(plugins)
-    for plugin in plugins:
-        if plugin is None or isinstance(plugin, (str, bytes, int, float)):
-            raise TypeError(
-                f"plugins expects plugin objects (a module or an instance with @hookimpl methods), got {plugin!r}"
-            )
-        if isinstance(plugin, type):
-            raise TypeError(
-                f"plugins got the class {plugin.__name__}; pass an instance, for example {plugin.__name__}()"
-            )
+    _check_plugin_objects(plugins)
     if autoload is None:
         autoload = not env_flag("TBHOOKS_DISABLE_PLUGIN_AUTOLOAD")
     blocked = [*disable, *env_list("TBHOOKS_DISABLE_PLUGINS")]
-
     user_names = [plugin_name(p) for p in plugins]
-    # Reading every installed distribution's entry points costs milliseconds per run:
-    # done only to autoload, or to check a blocked name that is neither built in nor
-    # passed.  Installed entry points count as known even with autoload off, so a
-    # shared TBHOOKS_DISABLE_PLUGINS setting stays valid for runs that do not autoload.
-    local = {*BUILTIN_PLUGINS, *user_names}
-    needs_scan = autoload or any(name not in local for name in blocked)
-    installed = list(entry_points(group=NAME)) if needs_scan else []
-    eps = installed if autoload else []
-    known = sorted({*local, *(ep.name for ep in installed)})
+    # Installed entry points count as known even with autoload off, so a shared
+    # TBHOOKS_DISABLE_PLUGINS setting stays valid for runs that do not autoload.
+    installed = list(entry_points(group=NAME))
+    known = sorted({*BUILTIN_PLUGINS, *user_names, *(ep.name for ep in installed)})
     unknown = [name for name in blocked if name not in known]
     if unknown:
         raise ValueError(
             f"disable names unknown plugin(s) {', '.join(map(repr, unknown))}; known plugins: {', '.join(known)}"
         )
 
-    pm = _PluginManager(NAME)
+    pm = pluggy.PluginManager(NAME)
     pm.add_hookspecs(hookspecs)
     for name in blocked:
         pm.set_blocked(name)
     sources: dict[str, PluginSource] = {}
+    skip = {*blocked, *user_names}
 
     if builtins:
-        for name, spec in BUILTIN_PLUGINS.items():
-            if name in blocked or name in user_names:
-                continue
-            pm.register(_load_builtin(spec), name=name)
-            sources[name] = PluginSource("builtin", NAME, _tbhooks_version())
+        from tbhooks import __version__
 
-    for ep in eps:
-        if ep.name in blocked or ep.name in user_names:
+        for name, spec in BUILTIN_PLUGINS.items():
+            if name not in skip:
+                module_name, _, factory = spec.partition(":")
+                pm.register(getattr(importlib.import_module(module_name), factory)(), name=name)
+                sources[name] = PluginSource("builtin", NAME, __version__)
+
+    for ep in installed if autoload else []:
+        if ep.name in skip:
             continue
         if pm.has_plugin(ep.name):
             raise ValueError(
                 f"entry point {ep.name!r} ({ep.value}) uses a name that is already registered; "
                 f"rename the entry point or disable one of them"
             )
-        loaded = ep.load()
-        if isinstance(loaded, type):
-            raise TypeError(
-                f"entry point {ep.name!r} = {ep.value!r} points at a class; point it at a module, "
-                f"an instance, or a function that returns a new instance (pluggy registers what it loads)"
-            )
-        if inspect.isfunction(loaded):
-            # A factory: called once per run, so two runs in one process never share plugin state.
-            loaded = loaded()
-        pm.register(loaded, name=ep.name)
+        pm.register(_load_entry_point(ep), name=ep.name)
         dist = ep.dist
         sources[ep.name] = PluginSource("entrypoint", dist.name if dist else "?", dist.version if dist else "?")
 
@@ -250,11 +185,10 @@ def make_plugin_manager(
                 f"or give the second a different `name` attribute"
             )
         seen.add(name)
-        if name in blocked:
-            continue
-        pm.register(plugin, name=name)
-        module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
-        sources[name] = PluginSource("user", module.partition(".")[0], "")
+        if name not in blocked:
+            pm.register(plugin, name=name)
+            module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+            sources[name] = PluginSource("user", module.partition(".")[0], "")
 
     try:
         pm.check_pending()
@@ -264,7 +198,7 @@ def make_plugin_manager(
         raise pluggy.PluginValidationError(
             exc.plugin,
             f"plugin {bad!r} implements unknown hook(s) {', '.join(hooks) or '?'}; "
-            f"known hooks: {', '.join(sorted(spec_names()))}",
+            f"known hooks: {', '.join(spec_names())}",
         ) from None
     return pm, sources
 
@@ -284,126 +218,59 @@ class Fault:
     report: str = field(repr=False)
 
 
-_GUARD_SOURCE = """\
-def make(fn, name, hook_name, faults, fault):
-    def guarded({params}):
-        if name in faults:
-            return None
-        try:
-            return fn({params})
-        except Exception as exc:
-            fault(name, hook_name, exc)
-            return None
-    return guarded
-"""
-
-
-@functools.cache
-def _guard_maker(arity: int) -> Callable[..., Callable[..., Any]]:
-    """A maker of guards that take exactly ``arity`` positional arguments, as pluggy passes them.
-
-    Why generated: a guard's own cost is most of what tbhooks adds to a hook
-    call.  One with fixed parameters costs about a quarter of one that packs
-    ``*args, **kwargs`` and unpacks them again (75 against 270 ns a call
-    here), and an event goes through one guard per implementation.  The
-    source is :data:`_GUARD_SOURCE` (a traceback through a guard names the
-    file ``<tbhooks guard>``).
-    """
-    params = ", ".join(f"a{index}" for index in range(arity))
-    namespace: dict[str, Any] = {"__name__": __name__}  # warnings raised through a guard name this module
-    exec(compile(_GUARD_SOURCE.format(params=params), "<tbhooks guard>", "exec"), namespace)
-    maker: Callable[..., Callable[..., Any]] = namespace["make"]
-    return maker
-
-
 class PluginHost:
     """The run's plugin manager, with every hook implementation guarded.
 
-    Guarding replaces each ``HookImpl.function`` by a small closure: pluggy
-    still selects and orders implementations, and the closure adds one
-    Python call per implementation, with the implementation's own
-    parameters (:func:`_guard_maker`).  With ``strict`` nothing is wrapped and
-    a plugin's exception propagates (for plugin development).  With
-    ``measure`` the closure also adds the time each plugin spends to
-    :attr:`overhead`.
+    pluggy has no per-implementation error handling: an implementation that
+    raises ends the whole hook call.  So each implementation's function
+    (``HookImpl.function``, which pluggy calls) is replaced by a plain guard
+    that calls it, reports an exception once and unregisters its plugin;
+    pluggy still selects, orders and calls the implementations.  With
+    ``strict`` nothing is caught; with ``measure`` the guard also adds each
+    plugin's time to :attr:`overhead`.
     """
 
     def __init__(
-        self,
-        pm: pluggy.PluginManager,
-        sources: dict[str, PluginSource],
-        *,
-        strict: bool,
-        measure: bool,
-        trace: bool,
+        self, pm: pluggy.PluginManager, sources: dict[str, PluginSource], *, strict: bool, measure: bool, trace: bool
     ) -> None:
         self.pm = pm
         self.hook = pm.hook
         self.sources = sources
         self.strict = strict
+        self.measure = measure
         self.faults: dict[str, Fault] = {}
         self.overhead: dict[str, float] = {}
-        self._undo_trace: Callable[[], None] | None = None
         # Names by object, kept after a plugin is unregistered: late errors of its
         # background work are still attributed to it (and not reported twice).
-        self._names = {id(plugin): name for name, plugin in pm.list_name_plugin() if plugin is not None}
+        self.names = {id(plugin): name for name, plugin in pm.list_name_plugin() if plugin is not None}
+        self._undo_trace: Callable[[], None] | None = None
         if not strict or measure:
-            for name, plugin in list(pm.list_name_plugin()):
-                if plugin is not None:
-                    self._guard_plugin(name, plugin, measure=measure)
+            for name, plugin in pm.list_name_plugin():
+                for caller in pm.get_hookcallers(plugin) or []:
+                    for impl in caller.get_hookimpls():
+                        if impl.plugin is plugin:
+                            impl.function = self._guard(name, caller.name, impl.function)  # type: ignore[misc]
         if trace:
             self._undo_trace = pm.add_hookcall_monitoring(*self._tracer())
 
-    def _guard_plugin(self, name: str, plugin: object, *, measure: bool) -> None:
-        for caller in self.pm.get_hookcallers(plugin) or []:
-            for impl in caller.get_hookimpls():
-                if impl.plugin is plugin:
-                    # HookImpl.function is Final for type checkers only; replacing it is
-                    # the least intrusive way to isolate one plugin without re-implementing
-                    # pluggy's argument selection.
-                    # pluggy passes the arguments an implementation names positionally, those
-                    # with defaults (kwargnames) by keyword: without those, a guard of the same arity.
-                    arity = None if getattr(impl, "kwargnames", ()) else len(impl.argnames)
-                    impl.function = self._wrap(name, caller.name, impl.function, measure, arity)  # type: ignore[misc]
+    def _guard(self, name: str, hook_name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        faults, overhead, clock = self.faults, self.overhead, time.perf_counter
+        overhead.setdefault(name, 0.0)
 
-    def _wrap(
-        self, name: str, hook_name: str, fn: Callable[..., Any], measure: bool, arity: int | None = None
-    ) -> Callable[..., Any]:
-        faults = self.faults
-        strict = self.strict
-        fault = self.fault
-        if not measure and arity is not None:
-            return _guard_maker(arity)(fn, name, hook_name, faults, fault)
-
-        if measure:
-            overhead = self.overhead
-            overhead.setdefault(name, 0.0)
-            clock = time.perf_counter
-
-            def timed(*args: Any, **kwargs: Any) -> Any:
-                if name in faults:
-                    return None
-                start = clock()
-                try:
-                    return fn(*args, **kwargs)
-                except Exception as exc:
-                    if strict:
-                        raise
-                    fault(name, hook_name, exc)
-                    return None
-                finally:
-                    overhead[name] += clock() - start
-
-            return timed
-
-        def guarded(*args: Any, **kwargs: Any) -> Any:
+        def guarded(*args: Any) -> Any:
             if name in faults:
                 return None
+            start = clock() if self.measure else 0.0
             try:
-                return fn(*args, **kwargs)
+                return fn(*args)
             except Exception as exc:
-                fault(name, hook_name, exc)
+                if self.strict:
+                    raise
+                self.fault(name, hook_name, exc)
                 return None
+            finally:
+                if self.measure:
+                    overhead[name] += clock() - start
 
         return guarded
 
@@ -422,10 +289,9 @@ class PluginHost:
             stacklevel=2,
         )
 
-    def owner_of(self, fn: Callable[..., Any]) -> str | None:
-        """The registered name of the plugin a bound method ``fn`` belongs to."""
-        owner = getattr(fn, "__self__", None)
-        return self._names.get(id(owner)) if owner is not None else None
+    def owner_name(self, owner: object) -> str | None:
+        """The registered name of plugin object ``owner`` (also after it was unregistered)."""
+        return self.names.get(id(owner))
 
     def fault_summary(self) -> str:
         """One line per disabled plugin, for the end of a fit ('' when none)."""
@@ -439,10 +305,9 @@ class PluginHost:
 
         def after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: Any) -> None:
             elapsed = time.perf_counter() - starts.pop()
-            step = kwargs.get("step", "")
             names = ",".join(impl.plugin_name for impl in hook_impls)
             print(
-                f"tbhooks trace: {hook_name} step={step} {elapsed * 1e6:.1f}us [{names}]",
+                f"tbhooks trace: {hook_name} step={kwargs.get('step', '')} {elapsed * 1e6:.1f}us [{names}]",
                 file=sys.stderr,
             )
 

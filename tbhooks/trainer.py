@@ -15,22 +15,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from tbhooks.hooks import Hooks, select_output
+from tbhooks import distributed
+from tbhooks.evaluation import select_output
+from tbhooks.hooks import Hooks
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping
-
-    from torch.utils.data import DataLoader
-
-
-_PAIRS = (tuple, list)
+    from collections.abc import Callable, Iterable, Mapping
 
 
 def move_to(obj: Any, device: torch.device) -> Any:
     """``obj`` with every tensor inside tuples, lists and dicts moved to ``device``."""
     if isinstance(obj, torch.Tensor):
-        # Comparing devices costs less than a call of .to() that returns the tensor itself.
-        return obj if obj.device == device else obj.to(device, non_blocking=True)
+        return obj.to(device, non_blocking=True)
     if isinstance(obj, dict):
         return {k: move_to(v, device) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):
@@ -57,77 +53,6 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
     shape = f"a {type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
     raise TypeError(
         f"the loader yielded {shape}; each batch must be (inputs, targets) or a dict with 'inputs' and 'targets'"
-    )
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is this process's CUDA device when there is one, else the CPU.
-
-    ``"cuda"`` (string or index-less ``torch.device``) and ``"auto"`` mean the
-    process's own GPU: ``cuda:LOCAL_RANK`` under torchrun, ``cuda:0`` alone.
-    A local rank with no GPU of its own is a clear ``ValueError`` here rather
-    than "invalid device ordinal" from CUDA or NCCL's "duplicate GPU" later.
-    """
-    if isinstance(device, torch.device):
-        if device.type != "cuda" or device.index is not None:
-            return device
-        device = "cuda"
-    if not isinstance(device, str):
-        raise TypeError(f"device expects 'auto', 'cpu', 'cuda' or a torch.device, got {type(device).__name__}")
-    if device in ("auto", "cuda"):
-        if not torch.cuda.is_available():
-            if device == "auto":
-                return torch.device("cpu")
-            raise ValueError("device 'cuda': no CUDA device is available here; pass device='cpu' or 'auto'")
-        problem = local_gpu_problem()
-        if problem:
-            raise ValueError(f"device {device!r}: {problem}")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device expects 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-
-
-def local_gpu_problem() -> str | None:
-    """Why this process has no GPU of its own (``cuda:LOCAL_RANK``), or ``None`` when it has one.
-
-    For the error of :func:`resolve_device` and of the demo's ``--device``:
-    two ranks on one GPU fail later, inside NCCL, with no hint of the cause.
-    """
-    rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
-    if rank < count:
-        return None
-    return (
-        f"this process is local rank {rank} (LOCAL_RANK) but sees {count} CUDA device(s); "
-        f"start at most {count} process(es) per node, or train every rank on the CPU"
-    )
-
-
-class _ShardSampler(torch.utils.data.Sampler[int]):
-    """Every ``world_size``-th index from ``rank``, without the padding
-    ``DistributedSampler`` adds, so gathered evaluation outputs cover the
-    evaluation set exactly once."""
-
-    def __init__(self, length: int, rank: int, world_size: int) -> None:
-        self._indices = range(rank, length, world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices)
-
-    def __len__(self) -> int:
-        return len(self._indices)
-
-
-def _reloader(loader: DataLoader[Any], sampler: torch.utils.data.Sampler[Any]) -> DataLoader[Any]:
-    return torch.utils.data.DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
     )
 
 
@@ -171,7 +96,7 @@ class Trainer:
             raise TypeError(f"loss_fn expects a callable (prediction, targets) -> loss, got {type(loss_fn).__name__}")
         if progress is not None and not isinstance(progress, bool):
             raise TypeError(f"progress expects True, False or None, got {type(progress).__name__}")
-        self.device = resolve_device(device)
+        self.device = distributed.resolve_device(device)
         self.model = model.to(self.device)
         self.optimizer = optimizer
         self.loss_fn = loss_fn
@@ -185,7 +110,6 @@ class Trainer:
         self.on_attach: list[Callable[[Hooks], None]] = []
         """Called with each run's :class:`Hooks` right after it is made, before
         any event fires (``tbhooks.testing.HookRecorder.install`` uses it)."""
-        self._owns_process_group = False
 
     # -- resume ---------------------------------------------------------------
 
@@ -226,37 +150,23 @@ class Trainer:
         found.update(self.options.get("hparams") or {})
         return {k: v for k, v in found.items() if v is not None}
 
-    def _attach(self, model: nn.Module, hparams: dict[str, Any] | None, epochs: int | None) -> Hooks:
+    def _attach(self, hparams: dict[str, Any] | None, epochs: int | None) -> Hooks:
         options = dict(self.options)
         if hparams is not None:
             options["hparams"] = hparams
-        options["epochs"] = epochs
         hooks = Hooks(
-            model,
+            self.model,
             logdir=self.logdir,
             optimizer=self.optimizer,
             start_step=self.step,
             start_epoch=self.epoch,
+            epochs=epochs,
             **options,
         )
         for callback in self.on_attach:
             callback(hooks)
+        self.hooks = hooks
         return hooks
-
-    def _distributed(self) -> tuple[int, int]:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size <= 1:
-            return 0, 1
-        dist = torch.distributed
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-            self._owns_process_group = True
-        return dist.get_rank(), dist.get_world_size()
-
-    def _teardown_distributed(self) -> None:
-        if self._owns_process_group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-            self._owns_process_group = False
 
     def fit(
         self, train_loader: Iterable[Any], epochs: int, eval_loader: Iterable[Any] | None = None
@@ -273,95 +183,59 @@ class Trainer:
         for name, loader in (("train_loader", train_loader), ("eval_loader", eval_loader)):
             if loader is not None and not hasattr(loader, "__iter__"):
                 raise TypeError(f"{name} expects an iterable of (inputs, targets) batches, got {type(loader).__name__}")
-        rank, world_size = self._distributed()
+        owns_group = distributed.init_process_group(self.device)
         try:
             model: nn.Module = self.model
-            train_sampler = None
-            if world_size > 1:
+            sampler = None
+            if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+                rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
                 device_ids = [self.device.index] if self.device.type == "cuda" else None
                 model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-                train_loader, train_sampler = self._shard_train(train_loader, rank, world_size)
+                train_loader, sampler = distributed.shard_train(train_loader, rank, world_size)
                 if eval_loader is not None:
-                    eval_loader = self._shard_eval(eval_loader, rank, world_size)
-            self.hooks = hooks = self._attach(self.model, self._hparams(train_loader, epochs), epochs)
-            with hooks:
+                    eval_loader = distributed.shard_eval(eval_loader, rank, world_size)
+            with self._attach(self._hparams(train_loader, epochs), epochs) as hooks:
                 for _ in range(epochs):
-                    if train_sampler is not None:
-                        train_sampler.set_epoch(self.epoch)
-                    self._train_epoch(model, train_loader, hooks, show=rank == 0)
+                    if sampler is not None:
+                        sampler.set_epoch(self.epoch)
+                    self._train_epoch(model, train_loader, hooks)
                     if eval_loader is not None:
                         self._evaluate(model, eval_loader, hooks)
                     if hooks.should_stop:
                         break
             return hooks.last_metrics
         finally:
-            self._teardown_distributed()
+            if owns_group:
+                torch.distributed.destroy_process_group()
 
-    def _shard_train(self, loader: Any, rank: int, world_size: int) -> tuple[Any, Any]:
-        if not isinstance(loader, torch.utils.data.DataLoader):
-            return loader, None
-        shuffle = isinstance(loader.sampler, torch.utils.data.RandomSampler)
-        sampler = torch.utils.data.DistributedSampler(
-            loader.dataset,
-            num_replicas=world_size,
-            rank=rank,
-            shuffle=shuffle,  # type: ignore[arg-type]
-        )
-        return _reloader(loader, sampler), sampler
-
-    def _shard_eval(self, loader: Any, rank: int, world_size: int) -> Any:
-        if not isinstance(loader, torch.utils.data.DataLoader):
+    def _batches(self, loader: Iterable[Any], hooks: Hooks) -> Iterable[Any]:
+        if self.progress is False or not hooks.run.is_writer:
             return loader
-        return _reloader(loader, _ShardSampler(len(loader.dataset), rank, world_size))  # type: ignore[arg-type]
-
-    def _batches(self, loader: Iterable[Any], show: bool, desc: str) -> Iterable[Any]:
-        if self.progress is False or not show:
-            return loader
-        # Not tqdm.auto: its asyncio base calls iter(loader) at construction, so a
-        # DataLoader built one extra iterator per epoch (extra worker start-up, and
-        # the loader's generator advanced: the batch order differed from a plain loop).
+        # Not tqdm.auto: its asyncio base calls iter(loader) at construction, which starts a
+        # DataLoader's workers once more and advances its generator (a different batch order).
         from tqdm import tqdm
 
         # disable=None: tqdm shows the bar only when stderr is a terminal.
-        return tqdm(loader, desc=desc, disable=None if self.progress is None else False, leave=False)
+        return tqdm(loader, desc=f"epoch {hooks.epoch}", disable=None if self.progress is None else False, leave=False)
 
-    def _train_epoch(self, model: nn.Module, loader: Iterable[Any], hooks: Hooks, show: bool) -> None:
+    def _train_epoch(self, model: nn.Module, loader: Iterable[Any], hooks: Hooks) -> None:
         model.train()
         hooks.epoch_start()
         first_step = hooks.step
-        # The loop body runs once per step between cold caches, where every operation costs
-        # a microsecond or so (in lockstep with a bare loop, a dozen type and device checks
-        # cost 0.3% of this tutorial network's step).  So the common case, a list or tuple of
-        # two tensors already on the device and a tensor output, is told in one test and takes
-        # no helper call; anything else goes through the helpers.
-        device, run, loss_fn, optimizer = self.device, hooks.run, self.loss_fn, self.optimizer
-        # On the CPU, tensor.is_cpu reads a flag where tensor.device == device builds a
-        # torch.device (about a microsecond from cold caches, twice a step).
-        cpu = device.type == "cpu"
-        plain = self.output is None
         try:
-            for batch in self._batches(loader, show, f"epoch {hooks.epoch}"):
-                try:
-                    inputs, targets = batch if type(batch) in _PAIRS else ()
-                    # Tensors have is_cpu and device; other inputs (dicts, tuples) raise here.
-                    ready = (inputs.is_cpu and targets.is_cpu) if cpu else (inputs.device == targets.device == device)
-                except (ValueError, AttributeError):
-                    ready = False
-                if not ready:
-                    inputs, targets = split_batch(batch)
-                    inputs, targets = move_to(inputs, device), move_to(targets, device)
+            for batch in self._batches(loader, hooks):
+                inputs, targets = split_batch(batch)
+                inputs, targets = move_to(inputs, self.device), move_to(targets, self.device)
                 hooks.batch_start()
                 # The tutorial's order: the previous step's gradients are freed before the
                 # forward pass allocates this step's activations (a lower peak of memory).
-                optimizer.zero_grad(set_to_none=True)
-                outputs = model(inputs) if ready else call_model(model, inputs)
-                loss = loss_fn(
-                    outputs if plain and type(outputs) is torch.Tensor else select_output(outputs, self.output), targets
-                )
+                self.optimizer.zero_grad(set_to_none=True)
+                outputs = call_model(model, inputs)
+                loss = self.loss_fn(select_output(outputs, self.output), targets)
                 loss.backward()
-                optimizer.step()
+                self.optimizer.step()
                 hooks.batch_end(inputs, targets, outputs, loss)
-                if run.stop_reason is not None:
+                if hooks.should_stop:
                     break
         finally:
             self.step = hooks.step  # also when the loop stops on an exception: state_dict() resumes from here
@@ -394,14 +268,12 @@ class Trainer:
         """
         if not hasattr(loader, "__iter__"):
             raise TypeError(f"loader expects an iterable of (inputs, targets) batches, got {type(loader).__name__}")
-        rank, world_size = self._distributed()
+        owns_group = distributed.init_process_group(self.device)
         try:
-            model: nn.Module = self.model
-            if world_size > 1:
-                loader = self._shard_eval(loader, rank, world_size)
-            self.hooks = hooks = self._attach(self.model, None, None)
-            with hooks:
-                metrics = self._evaluate(model, loader, hooks)
-            return metrics
+            if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+                loader = distributed.shard_eval(loader, torch.distributed.get_rank(), torch.distributed.get_world_size())
+            with self._attach(None, None) as hooks:
+                return self._evaluate(self.model, loader, hooks)
         finally:
-            self._teardown_distributed()
+            if owns_group:
+                torch.distributed.destroy_process_group()

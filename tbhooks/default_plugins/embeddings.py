@@ -8,13 +8,12 @@ device until the evaluation ends; then they are gathered from every rank
 and written by rank 0, on the background thread.
 
 The files are those ``SummaryWriter.add_embedding`` (torch 2.x) writes, in
-the same places, but written here (:func:`write_projector_files`):
-``add_embedding`` formats the features one ``.item()`` at a time and encodes
-the sprite with PIL, 20 to 30 ms for 64 points of 84 dimensions, holding
-the interpreter lock the training thread needs; here it is one formatting
-operation a row (``%.9g``, which gives every float32 back exactly) and the
-render worker's PNG encoder, a few milliseconds.  Its sharp edges, and what
-this module does about each:
+the same places, written here (:func:`write_projector_files`) through
+TensorBoard's public projector protobuf: ``add_embedding`` formats the
+features one ``.item()`` at a time (a call per value, on a thread that
+shares the interpreter lock with training) and keeps the projector's config
+in the writer's memory only.  Its sharp edges, and what this module does
+about each:
 
 * files go to ``<logdir>/<step:05d>/<tag with / as %2f>/`` (``tensors.tsv``,
   ``metadata.tsv``, ``sprite.png``) and ``<logdir>/projector_config.pbtxt``
@@ -23,8 +22,8 @@ this module does about each:
   carries the step, and a tag already on disk gets a ``_2``, ``_3``...
   suffix, so an embedding never overwrites another.
 * the config is rebuilt from memory held by the writer, so a second run on
-  the same log directory would drop the first run's embeddings from it; the
-  existing file is read into the writer first.
+  the same log directory would drop the first run's embeddings from it; here
+  the existing file is read, extended and written again.
 * ``metadata.tsv`` is the labels joined by newlines, unescaped: a tab turns
   the first line into a header, a newline or a carriage return splits a
   point in two, and a blank label is skipped by the projector's parser, so
@@ -41,6 +40,7 @@ this module does about each:
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import unicodedata
@@ -51,15 +51,16 @@ import numpy as np
 import torch
 
 from tbhooks.capture import Capture
-from tbhooks.default_plugins._images import (
+from tbhooks.default_plugins.common import (
+    check_bool,
     check_floats,
+    check_int,
     image_batch,
     square_thumbnails,
     thumbnail_side,
     to_uint8,
     to_unit,
 )
-from tbhooks.default_plugins._options import check_bool, check_int
 from tbhooks.markers import hookimpl
 
 if TYPE_CHECKING:
@@ -380,14 +381,13 @@ class Embeddings:
     def _write(
         self, run: Run, features: torch.Tensor, metadata: list[str] | None, sprite: torch.Tensor | None, step: int
     ) -> None:
-        writer = run.writer
-        logdir = writer.get_logdir()
+        logdir = str(run.logdir)
         base = run.tag("embeddings", self._name, f"step{step}")
         tag, suffix = base, 1
         while os.path.exists(os.path.join(logdir, f"{step:05d}", _encode(tag))):
             suffix += 1
             tag = f"{base}_{suffix}"
-        write_projector_files(writer, features.numpy(), metadata, None if sprite is None else sprite.numpy(), step, tag)
+        write_projector_files(logdir, features.numpy(), metadata, None if sprite is None else sprite.numpy(), step, tag)
 
 
 def _encode(tag: str) -> str:
@@ -396,7 +396,7 @@ def _encode(tag: str) -> str:
 
 
 def write_projector_files(
-    writer: Any, features: np.ndarray, metadata: list[str] | None, sprite: np.ndarray | None, step: int, tag: str
+    logdir: str, features: np.ndarray, metadata: list[str] | None, sprite: np.ndarray | None, step: int, tag: str
 ) -> None:
     """Write one embedding as ``SummaryWriter.add_embedding`` lays it out, and list it in the projector's config.
 
@@ -405,11 +405,13 @@ def write_projector_files(
     :param sprite: ``[N, C, S, S]`` ``uint8`` thumbnails (C 1 or 3), or ``None``.
 
     Runs on the background thread.  The directory ``<step:05d>/<encoded tag>``
-    must not exist yet (the caller picks a free tag).
+    must not exist yet (the caller picks a free tag).  The config file is
+    read, extended and written again, so embeddings of earlier runs in the
+    same directory stay listed.
     """
-    from tensorboard.plugins.projector.projector_config_pb2 import EmbeddingInfo
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import EmbeddingInfo, ProjectorConfig
 
-    logdir = writer.get_logdir()
     subdir = f"{step:05d}/{_encode(tag)}"
     os.makedirs(os.path.join(logdir, subdir))
     info = EmbeddingInfo(tensor_name=f"{tag}:{step:05d}", tensor_path=f"{subdir}/tensors.tsv")
@@ -420,52 +422,35 @@ def write_projector_files(
         info.metadata_path = f"{subdir}/metadata.tsv"
         _write_file(logdir, info.metadata_path, ("\n".join(metadata) + "\n").encode("utf-8"))
     if sprite is not None:
-        from tbhooks.render_worker import encode_png
-
-        count, _, height, width = sprite.shape
-        per_row = math.ceil(count**0.5)
-        canvas = np.zeros((per_row * width, per_row * width, 3), dtype=np.uint8)
-        for index in range(count):
-            row_index, col = divmod(index, per_row)
-            canvas[row_index * height : (row_index + 1) * height, col * width : (col + 1) * width] = sprite[
-                index
-            ].transpose(1, 2, 0)  # one channel broadcasts to three
         info.sprite.image_path = f"{subdir}/sprite.png"
-        info.sprite.single_image_dim.extend([width, height])
-        _write_file(logdir, info.sprite.image_path, encode_png(canvas))
-    _load_projector_config(writer, logdir)
-    if not hasattr(writer, "_projector_config"):
-        from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+        info.sprite.single_image_dim.extend([sprite.shape[3], sprite.shape[2]])
+        _write_file(logdir, info.sprite.image_path, sprite_png(sprite))
+    config = ProjectorConfig()
+    path = os.path.join(logdir, "projector_config.pbtxt")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            text_format.Parse(handle.read(), config)
+    config.embeddings.append(info)
+    _write_file(logdir, "projector_config.pbtxt", text_format.MessageToString(config).encode())
 
-        writer._projector_config = ProjectorConfig()
-    writer._projector_config.embeddings.append(info)
-    from google.protobuf import text_format
 
-    _write_file(logdir, "projector_config.pbtxt", text_format.MessageToString(writer._projector_config).encode())
+def sprite_png(thumbnails: np.ndarray) -> bytes:
+    """``[N, C, S, S]`` uint8 thumbnails as one PNG, laid out as the projector reads a sprite:
+    ``ceil(sqrt(N))`` a row in a square canvas (black where no thumbnail is)."""
+    from PIL import Image
+
+    count, _, height, width = thumbnails.shape
+    per_row = math.ceil(count**0.5)
+    canvas = np.zeros((per_row * height, per_row * width, 3), dtype=np.uint8)
+    for index in range(count):
+        top, left = divmod(index, per_row)
+        # [C, S, S] -> [S, S, C]; one channel broadcasts to three.
+        canvas[top * height : (top + 1) * height, left * width : (left + 1) * width] = thumbnails[index].transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _write_file(logdir: str, relative: str, data: bytes) -> None:
     with open(os.path.join(logdir, relative), "wb") as handle:
         handle.write(data)
-
-
-def _load_projector_config(writer: Any, logdir: str) -> None:
-    """Seed a fresh writer with the ``projector_config.pbtxt`` already in ``logdir``.
-
-    The file is rewritten whole from the embeddings the writer holds (as
-    ``add_embedding`` does), so without this a resumed run or a later
-    ``Trainer.evaluate`` on the same directory would hide every earlier
-    embedding.
-    """
-    if hasattr(writer, "_projector_config"):
-        return
-    path = os.path.join(logdir, "projector_config.pbtxt")
-    if not os.path.isfile(path):
-        return
-    from google.protobuf import text_format
-    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
-
-    config = ProjectorConfig()
-    with open(path, encoding="utf-8") as handle:
-        text_format.Parse(handle.read(), config)
-    writer._projector_config = config

@@ -5,22 +5,14 @@ a text summary under ``graph/summary`` (the TEXT dashboard) instead.
 
 ``SummaryWriter.add_graph`` traces with ``torch.jit.trace``, which on its own
 fails on models that return dicts, that take keyword arguments, or that
-return tuples holding non-tensors.  This plugin traces a small wrapper
-module instead: it takes the batch's tensors as positional arguments,
-rebuilds the inputs (a dict becomes keyword arguments, a tuple or list
-positional arguments, as the Trainer calls the model), and flattens the
-outputs to a tuple of tensors (dict values in the dict's order, tuples and
-lists in order, dataclass fields in order; other values are dropped).
-
-The trace records operations only, without building the ScriptModule that
-``torch.jit.trace`` builds, and :mod:`tbhooks.default_plugins._graphdef`
-turns it into the GraphDef: about 8 ms on the training thread for the
-tutorial's CNN where ``add_graph`` takes about 21 ms.  In the GRAPHS
-dashboard the model is the top node, named by its class, its submodules
-inside as ``<Class>[<attribute>]``, parameters and buffers inside the
-module that owns them.  On a torch without that private tracer API the
-plugin falls back to ``torch.jit.trace`` and ``add_graph`` (the model then
-appears as ``<ModelClass>[model]`` inside one ``TracedModel`` node).
+return tuples holding non-tensors.  This plugin hands ``add_graph`` a small
+wrapper module instead (:class:`TracedModel`): it takes the batch's tensors
+as positional arguments, rebuilds the inputs (a dict becomes keyword
+arguments, a tuple or list positional arguments, as the Trainer calls the
+model), and flattens the outputs to a tuple of tensors (dict values in the
+dict's order, tuples and lists in order, dataclass fields in order; other
+values are dropped).  In the GRAPHS dashboard the model appears as
+``<ModelClass>[model]`` inside one ``TracedModel`` node.
 
 A model that still cannot be traced (it raises under tracing, returns no
 tensor, uses types the tracer does not support, ...) gets a Markdown text
@@ -38,9 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from tbhooks._records import graph_def_event, write_event
-from tbhooks.default_plugins._graphdef import graph_def_bytes, trace_graph
-from tbhooks.default_plugins._options import check_bool
+from tbhooks.default_plugins.common import check_bool
 from tbhooks.markers import hookimpl
 
 if TYPE_CHECKING:
@@ -86,22 +76,6 @@ def _fill_inputs(template: Any, tensors: tuple[torch.Tensor, ...]) -> Any:
     if isinstance(template, (tuple, list)):
         return _rebuild(template, [_fill_inputs(item, tensors) for item in template])
     return template
-
-
-def input_names(template: Any, prefix: str = "") -> list[str]:
-    """A name for each tensor slot of ``template``, in slot order: ``inputs`` for a lone tensor, the
-    key for a dict entry, the position for a tuple or list item (``image``, ``0``, ``pair.1``)."""
-    if isinstance(template, _Slot):
-        return [prefix or "inputs"]
-    items: list[tuple[str, Any]] = []
-    if isinstance(template, dict):
-        items = [(str(key), value) for key, value in template.items()]
-    elif isinstance(template, (tuple, list)):
-        items = [(str(index), value) for index, value in enumerate(template)]
-    names: list[str] = []
-    for key, value in items:
-        names += input_names(value, f"{prefix}.{key}" if prefix else key)
-    return names
 
 
 def flatten_outputs(value: Any) -> list[torch.Tensor]:
@@ -242,8 +216,7 @@ class Graph:
 
     def _trace(self, run: Run, model: nn.Module, inputs: Any) -> None:
         tensors: list[torch.Tensor] = []
-        template = _split_inputs(inputs, tensors)
-        wrapper = TracedModel(model, template)
+        wrapper = TracedModel(model, _split_inputs(inputs, tensors))
         with (
             _eval_mode(model),
             torch.no_grad(),
@@ -259,22 +232,4 @@ class Graph:
             warnings.filterwarnings("ignore", message=r"`?torch\.jit\.trace", category=FutureWarning)
             warnings.filterwarnings("ignore", message=r"`?torch\.jit\.trace", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            graph = trace_graph(wrapper, model, tuple(tensors))
-            if graph is not None:
-                # One trace, no ScriptModule built (see _graphdef): about 8 ms on the tutorial's
-                # CNN where torch.jit.trace and add_graph take about 21 ms.
-                try:
-                    graph_def = graph_def_bytes(graph, wrapper, model, input_names(template))
-                except Exception:  # a trace this converter does not know: add_graph's own parser below
-                    graph_def = None
-                if graph_def is not None:
-                    write_event(run.writer, graph_def_event(graph_def))
-                    return
-            # This torch lacks the private tracer API, or the converter failed: trace as
-            # add_graph does, without check_trace, which runs the model twice more and
-            # compares the graphs (about 60% of add_graph's time on a small CNN) and only
-            # matters for running the traced module, not for drawing it.  add_graph
-            # returns an already traced module as is (with the warning below).
-            traced = torch.jit.trace(wrapper, tuple(tensors), check_trace=False)
-            warnings.filterwarnings("ignore", message="The input to trace is already a ScriptModule")
-            run.writer.add_graph(traced, tuple(tensors))
+            run.writer.add_graph(wrapper, tuple(tensors))

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tbhooks.default_plugins._options import check_bool
+from tbhooks.default_plugins.common import check_bool
 from tbhooks.default_plugins.graph import model_summary
 from tbhooks.markers import hookimpl
 
@@ -185,8 +185,6 @@ class HParams:
 
     @staticmethod
     def _add_summary(run: Run, summary: Summary, step: int | None = None) -> None:
-        # SummaryWriter has no public method for a ready-made Summary; its
-        # add_* methods all go through _get_file_writer(), which also reopens a
-        # closed writer.  Writing here (and not with add_hparams) keeps the
-        # hparams in this run's own event file.
-        run.writer._get_file_writer().add_summary(summary, run.step if step is None else step)
+        # SummaryWriter.add_hparams would write into a new sub-directory (an extra run in
+        # TensorBoard); the writer's public file writer keeps them in the run's own event file.
+        run.writer.file_writer.add_summary(summary, run.step if step is None else step)

@@ -1,20 +1,17 @@
-"""Images: a grid of the input images at fit start and, optionally, every N epochs.
+"""Images: a grid of the input images from the first batch of a fit and, optionally, of every N-th epoch.
 
 Tag ``images/inputs`` (the IMAGES dashboard), at the global step of the
 batch the grid shows.  The grid is built on the inputs' device; only the
-uint8 grid is copied to the CPU, on the step that logs, and the PNG encoding
-runs on the run's background thread.
+uint8 grid is copied to the CPU, on the step that logs, and
+``SummaryWriter.add_image`` (PNG encoding) runs on the run's background thread.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tbhooks._records import summary_event, write_event
-from tbhooks.default_plugins._images import check_floats, image_batch, to_uint8, to_unit
-from tbhooks.default_plugins._options import check_int
+from tbhooks.default_plugins.common import check_floats, check_int, image_batch, to_uint8, to_unit
 from tbhooks.markers import hookimpl
-from tbhooks.render_worker import image_summary
 
 if TYPE_CHECKING:
     import torch
@@ -27,9 +24,9 @@ TAG = "images/inputs"
 class Images:
     """Log a grid of input images (``torchvision.utils.make_grid``).
 
-    Fires on the first training batch of every fit (``on_batch_end``) and,
-    with ``every_n_epochs=N``, at the end of every N-th epoch with the
-    inputs of that epoch's last batch.  Only rank 0 does any work.
+    Fires on the first training batch of every fit and, with
+    ``every_n_epochs=N``, on the first batch of every N-th epoch (epochs 0,
+    N, 2N, ...).  Only rank 0 does any work.
 
     :param max_images: how many images of the batch the grid shows (default 16).
     :param every_n_epochs: also log a grid every N epochs; 0 (default) logs
@@ -44,8 +41,6 @@ class Images:
     float images are un-normalised and clamped to ``[0, 1]``, uint8 images
     are shown as they are.  Other inputs (dicts, feature vectors, other
     channel counts) are skipped with one INFO line on the ``tbhooks`` logger.
-
-    Tag: ``images/inputs`` (IMAGES dashboard), at the global step.
     """
 
     name = "images"
@@ -63,35 +58,25 @@ class Images:
         self.mean = check_floats("Images", "mean", mean)
         self.std = check_floats("Images", "std", std, positive=True)
         self.nrow = check_int("Images", "nrow", nrow, minimum=1)
-        self._started = False
-
-    def _due(self, epoch: int) -> bool:
-        return self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
+        self._due_step = 0
 
     def batch_end_due(self, step: int) -> bool:
-        """The core's fast path: only the first batch of a fit is needed (epoch grids use ``run.last_inputs``)."""
-        return not self._started
+        """The schedule: the one step chosen at fit start or at the start of a logged epoch."""
+        return step == self._due_step
 
     @hookimpl
-    def on_fit_start(self) -> None:
-        self._started = False
+    def on_fit_start(self, run: Run) -> None:
+        self._due_step = run.step + 1  # the fit's first batch
+
+    @hookimpl
+    def on_epoch_start(self, step: int, epoch: int) -> None:
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0:
+            self._due_step = step + 1
 
     @hookimpl
     def on_batch_end(self, run: Run, step: int, inputs: Any) -> None:
-        if self._started:
+        if not run.is_writer:
             return
-        self._started = True
-        if run.is_writer:
-            self._log(run, inputs, step)
-
-    @hookimpl
-    def on_epoch_end(self, run: Run, step: int, epoch: int) -> None:
-        # The core keeps a reference to the latest batch: no copy and no sync on the steps that do not log.
-        last = run.last_inputs
-        if run.is_writer and last is not None and self._due(epoch):
-            self._log(run, last, step)
-
-    def _log(self, run: Run, inputs: Any, step: int) -> None:
         images = image_batch(inputs)
         if images is None:
             described = (
@@ -108,12 +93,7 @@ class Images:
         from torchvision.utils import make_grid
 
         unit = to_unit(images[: self.max_images].detach(), self.mean, self.std, run=run, who="images")
-        grid = make_grid(unit, nrow=self.nrow)
-        run.submit(self._write, run, to_uint8(grid).cpu(), step)
+        run.submit(self._write, run, to_uint8(make_grid(unit, nrow=self.nrow)).cpu(), step)
 
     def _write(self, run: Run, grid: torch.Tensor, step: int) -> None:
-        # What add_image(TAG, grid, step) writes, with the PNG encoded by the render worker's encoder
-        # (no row filters, zlib level 1): PIL's took most of this background task's time, which
-        # holds the GIL while training runs.
-        pixels = grid.permute(1, 2, 0).contiguous().numpy()  # [C, H, W] -> [H, W, C]
-        write_event(run.writer, summary_event(image_summary(pixels, TAG), step))
+        run.writer.add_image(TAG, grid, step)

@@ -10,28 +10,18 @@ a curve of the model against itself; here the labels are always the targets.
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-from tensorboard.compat.proto.tensor_pb2 import TensorProto
-from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
-from tensorboard.plugins.pr_curve.plugin_data_pb2 import PrCurvePluginData
 
-from tbhooks.default_plugins._options import check_int
+from tbhooks.default_plugins.common import check_int
 from tbhooks.markers import hookimpl
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from tbhooks.run import Run
 
 MAX_THRESHOLDS = 127
 """``SummaryWriter.add_pr_curve`` silently caps ``num_thresholds`` at 127."""
-_MINIMUM_COUNT = 1e-7
-"""The floor of precision's and recall's denominators in TensorBoard's PR curves."""
 
 
 class PRCurves:
@@ -105,67 +95,7 @@ class PRCurves:
     def _write(
         self, run: Run, probs: torch.Tensor, labels: torch.Tensor, classes: list[int], tags: list[str], step: int
     ) -> None:
-        write_pr_curves(
-            run.writer, step, tags, pr_curve_data(probs.numpy(), labels.numpy(), classes, self.num_thresholds)
-        )
-
-
-def pr_curve_data(probs: np.ndarray, labels: np.ndarray, classes: Sequence[int], num_thresholds: int) -> np.ndarray:
-    """The ``[len(classes), 6, num_thresholds]`` tables ``SummaryWriter.add_pr_curve`` writes, for every class at once.
-
-    Column ``k`` of ``probs`` (``[N, K]``) scores class ``classes[k]``
-    against ``labels == classes[k]``.  Row by row what
-    ``torch.utils.tensorboard.summary.compute_curve`` gives one class at a
-    time (true and false positives, true and false negatives, precision,
-    recall, per threshold), with its arithmetic: each score goes to bucket
-    ``int32(floor(p * (num_thresholds - 1)))``, which ``np.histogram`` with
-    ``num_thresholds`` bins over ``[0, num_thresholds - 1]`` puts in a bin;
-    that bin is looked up here (from ``np.histogram`` of every bucket, so
-    its edge rounding is numpy's own), and the counts of all classes come
-    from two ``bincount`` calls instead of twenty ``np.histogram`` calls.
-    """
-    count = len(classes)
-    buckets = np.int32(np.floor(probs * (num_thresholds - 1)))
-    truth = (labels.reshape(-1, 1) == np.asarray(classes).reshape(1, -1)).astype(np.float64)
-    index = (_bins(num_thresholds)[buckets] + np.arange(count).reshape(1, -1) * num_thresholds).ravel()
-    size = count * num_thresholds
-    tp_buckets = np.bincount(index, weights=truth.ravel(), minlength=size).reshape(count, num_thresholds)
-    fp_buckets = np.bincount(index, weights=(1.0 - truth).ravel(), minlength=size).reshape(count, num_thresholds)
-    tp = np.cumsum(tp_buckets[:, ::-1], axis=1)[:, ::-1]
-    fp = np.cumsum(fp_buckets[:, ::-1], axis=1)[:, ::-1]
-    tn = fp[:, :1] - fp
-    fn = tp[:, :1] - tp
-    precision = tp / np.maximum(_MINIMUM_COUNT, tp + fp)
-    recall = tp / np.maximum(_MINIMUM_COUNT, tp + fn)
-    return np.stack((tp, fp, tn, fn, precision, recall), axis=1)
-
-
-@functools.lru_cache(maxsize=8)
-def _bins(num_thresholds: int) -> np.ndarray:
-    """The ``np.histogram`` bin (``num_thresholds`` bins over ``[0, num_thresholds - 1]``) of each bucket."""
-    return np.array(
-        [
-            np.histogram([k], bins=num_thresholds, range=(0, num_thresholds - 1))[0].argmax()
-            for k in range(num_thresholds)
-        ],
-        dtype=np.intp,
-    )
-
-
-def write_pr_curves(writer: Any, step: int, tags: Sequence[str], tables: np.ndarray) -> None:
-    """Write each ``tags[k]``'s ``[6, T]`` table ``tables[k]`` at ``step`` as one event: what one
-    ``add_pr_curve`` per tag writes (the ``pr_curves`` plugin's metadata and a float tensor per tag)."""
-    content = PrCurvePluginData(version=0, num_thresholds=tables.shape[2]).SerializeToString()
-    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="pr_curves", content=content))
-    shape = TensorShapeProto(
-        dim=[TensorShapeProto.Dim(size=tables.shape[1]), TensorShapeProto.Dim(size=tables.shape[2])]
-    )
-    values = [
-        Summary.Value(
-            tag=tag,
-            metadata=metadata,
-            tensor=TensorProto(dtype="DT_FLOAT", float_val=table.reshape(-1).tolist(), tensor_shape=shape),
-        )
-        for tag, table in zip(tags, tables, strict=True)
-    ]
-    writer._get_file_writer().add_summary(Summary(value=values), step)
+        for column, (cls, tag) in enumerate(zip(classes, tags, strict=True)):
+            run.writer.add_pr_curve(
+                tag, (labels == cls).numpy(), probs[:, column].numpy(), step, num_thresholds=self.num_thresholds
+            )

@@ -25,7 +25,7 @@ TAG = "example/summary/text_summary"
 def fit(logdir: object, *, epochs: int, evaluate: bool) -> tuple[tbhooks.Trainer, int]:
     """A tiny fit with autoload on; returns the trainer and the number of batches per epoch."""
     torch.manual_seed(0)
-    train = DataLoader(TensorDataset(torch.randn(10, 3), torch.randint(0, 2, (10,))), batch_size=4)
+    train = DataLoader(TensorDataset(torch.randn(300, 3), torch.randint(0, 2, (300,))), batch_size=4)
     test = DataLoader(TensorDataset(torch.randn(6, 3), torch.randint(0, 2, (6,))), batch_size=4)
     model = nn.Linear(3, 2)
     trainer = tbhooks.Trainer(
@@ -47,17 +47,16 @@ def test_summary_counts_batches_epochs_and_evaluations(tmp_path, monkeypatch):
     trainer, per_epoch = fit(tmp_path, epochs=2, evaluate=True)
 
     assert isinstance(trainer.hooks.plugin_manager.get_plugin("example"), Example)  # came from the entry point
-    expected = f"seen {2 * per_epoch} batches, 2 epochs, 2 evaluations"
-    assert per_epoch == 3
-    assert read_events(tmp_path).texts[TAG] == [expected]
+    assert per_epoch == 75
+    # 150 steps, on_batch_end raised at its declared steps only: 100.
+    assert read_events(tmp_path).texts[TAG] == ["150 steps, 1 sampled, 2 epochs, 2 evaluations"]
 
 
 def test_each_run_counts_from_zero(tmp_path, monkeypatch):
     # The entry point is a factory, so a second fit in the same process gets a new plugin:
-    # a shared one would report 3 + 6 batches here.
+    # a shared one would report 2 + 1 epochs here.
     monkeypatch.delenv("TBHOOKS_DISABLE_PLUGINS", raising=False)
     fit(tmp_path / "first", epochs=2, evaluate=True)
-    _, per_epoch = fit(tmp_path / "second", epochs=1, evaluate=False)
+    fit(tmp_path / "second", epochs=1, evaluate=False)
 
-    expected = f"seen {per_epoch} batches, 1 epochs, 0 evaluations"
-    assert read_events(tmp_path / "second").texts[TAG] == [expected]
+    assert read_events(tmp_path / "second").texts[TAG] == ["75 steps, 0 sampled, 1 epochs, 0 evaluations"]

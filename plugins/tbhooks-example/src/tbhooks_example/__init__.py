@@ -11,18 +11,24 @@ if TYPE_CHECKING:
 
 
 class Example:
-    """Counts training batches, epochs and evaluations; at the end of the fit writes
-    ``example/summary`` ("seen N batches, E epochs, V evaluations") to the TEXT dashboard."""
+    """Samples every ``every_n_steps``-th training step and counts epochs and evaluations; at the end
+    of the fit writes ``example/summary`` ("N steps, S sampled, E epochs, V evaluations") to the TEXT
+    dashboard."""
 
     name = "example"
 
-    def __init__(self) -> None:
-        self.batches = self.epochs = self.evals = 0
+    def __init__(self, every_n_steps: int = 100) -> None:
+        self.every_n_steps = every_n_steps
+        self.sampled = self.epochs = self.evals = 0
+
+    def batch_end_due(self, step: int) -> bool:
+        """The schedule (a plain method, not a hook): on_batch_end is raised for this plugin on these steps only."""
+        return step % self.every_n_steps == 0
 
     # A hookimpl takes any subset of the event's arguments: these take none.
     @hookimpl
     def on_batch_end(self) -> None:
-        self.batches += 1
+        self.sampled += 1
 
     @hookimpl
     def on_epoch_end(self) -> None:
@@ -34,7 +40,7 @@ class Example:
 
     @hookimpl
     def on_fit_end(self, run: Run) -> None:
-        summary = f"seen {self.batches} batches, {self.epochs} epochs, {self.evals} evaluations"
+        summary = f"{run.step} steps, {self.sampled} sampled, {self.epochs} epochs, {self.evals} evaluations"
         run.writer.add_text("example/summary", summary, run.step)
 
 

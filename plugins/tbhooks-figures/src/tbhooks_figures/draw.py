@@ -1,8 +1,9 @@
-"""The functions the render worker process calls: numpy in, RGB pixels out.
+"""The functions the render worker process calls: numpy in, a matplotlib ``Figure`` out.
 
-Kept in a module of their own, importing neither torch nor tbhooks, so the
-worker (which imports this module to unpickle them) starts in about a second;
-matplotlib is imported there, never in the training process.
+Kept in a module of their own that imports neither torch, nor tbhooks, nor
+matplotlib at import time: the plugin (in the training process) imports this
+module to name the functions, and only the worker, which calls them, imports
+matplotlib (through :mod:`tbhooks_figures.render`).
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
+    from matplotlib.figure import Figure
 
 
-def draw_confusion_matrix(counts: np.ndarray, names: list[str], dpi: int) -> np.ndarray:
-    """The confusion-matrix figure's RGB pixels (runs in the render worker process)."""
-    from tbhooks_figures.render import render_confusion_matrix
+def draw_confusion_matrix(counts: np.ndarray, names: list[str], dpi: int) -> Figure:
+    """The confusion-matrix figure (runs in the render worker process)."""
+    from tbhooks_figures.render import confusion_matrix_figure
 
-    return render_confusion_matrix(counts, names, dpi=dpi)
+    return confusion_matrix_figure(counts, names, dpi=dpi)
 
 
-def draw_predictions(images: np.ndarray, titles: list[tuple[str, str]], dpi: int) -> np.ndarray:
-    """The predictions-vs-actuals figure's RGB pixels (runs in the render worker process)."""
-    from tbhooks_figures.render import render_predictions
+def draw_predictions(images: np.ndarray, titles: list[tuple[str, str]], dpi: int) -> Figure:
+    """The predictions-vs-actuals figure (runs in the render worker process)."""
+    from tbhooks_figures.render import predictions_figure
 
-    return render_predictions(images, titles, dpi=dpi)
+    return predictions_figure(images, titles, dpi=dpi)

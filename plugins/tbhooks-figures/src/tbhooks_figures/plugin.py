@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from tbhooks import hookimpl
@@ -150,32 +149,6 @@ class Figures:
         # The worker's imports (matplotlib) take a second or more: start it now, in
         # parallel with training, not when the first evaluation wants a figure.
         run.start_render_worker("tbhooks_figures.render")
-        # The worker draws each figure from a template of its layout (render.py), built
-        # there while training runs rather than in the first evaluation's figures (which a
-        # short run's close waits for).  Its own warm-up covers 8 images and 10 classes
-        # named by index at dpi 100; this run's class names and sizes are warmed here.
-        names = run.class_names
-        if self.confusion_matrix and names is not None and 2 <= len(names) <= self.max_classes:
-            counts = np.zeros((len(names), len(names)), dtype=np.int64)
-            run.warm_up_render(draw_confusion_matrix, counts, list(names), self.dpi)
-        if not self.num_images:
-            return
-        images = np.zeros((self.num_images, 1, 1, 1), dtype=np.float32)  # the layout does not depend on their size
-        if names is not None and len(names) <= self.max_classes:
-            # Every title's second line, "(label: <true class>)", in both colours: the worker keeps
-            # the lines it drew (render.py) and pastes them into the real figures, whose first lines
-            # (the predicted class and its probability) are the only ones it still has to draw.
-            # Built by prediction_titles itself: each class as the label of a right and of a wrong guess.
-            count = len(names)
-            guesses = [guess for truth in range(count) for guess in (truth, (truth + 1) % count)]
-            labels = torch.arange(count).repeat_interleave(2)
-            titles = prediction_titles(torch.eye(count)[guesses], labels, list(names))
-            for start in range(0, len(titles), self.num_images):
-                batch = titles[start : start + self.num_images]
-                batch += [batch[-1]] * (self.num_images - len(batch))
-                run.warm_up_render(draw_predictions, images, batch, self.dpi)
-        elif (self.num_images, self.dpi) != (8, 100):
-            run.warm_up_render(draw_predictions, images, [("0, 0.0%\n(label: 0)", RIGHT)] * self.num_images, self.dpi)
 
     @hookimpl
     def on_eval_start(self, run: Run) -> None:
@@ -234,13 +207,13 @@ class Figures:
                 )
             else:
                 counts = confusion_counts(scores.argmax(dim=1), labels, classes).cpu().numpy()
-                run.render_image(CONFUSION_TAG, step, draw_confusion_matrix, counts, names, self.dpi)
+                run.render_image(self, CONFUSION_TAG, step, draw_confusion_matrix, counts, names, self.dpi)
         if samples:
             images = torch.cat([s[0] for s in samples]).cpu()
             logits = torch.cat([s[1] for s in samples]).cpu()
             truth = torch.cat([s[2] for s in samples]).cpu()
             titles = prediction_titles(torch.softmax(logits.float(), dim=1), truth, names)
-            run.render_image(PREDICTIONS_TAG, step, draw_predictions, images.float().numpy(), titles, self.dpi)
+            run.render_image(self, PREDICTIONS_TAG, step, draw_predictions, images.float().numpy(), titles, self.dpi)
 
     def _class_names(self, run: Run, classes: int) -> list[str]:
         names = run.class_names

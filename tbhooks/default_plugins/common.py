@@ -1,8 +1,8 @@
-"""Image helpers shared by the ``images`` and ``embeddings`` plugins.
+"""Helpers the built-in plugins share: option checks with precise messages, and image handling.
 
-Everything here runs on the tensor's own device and never reads a value
+The image helpers run on the tensor's own device and never read a value
 back, so the plugins decide when a device synchronisation happens (only on
-the steps they log).
+the steps they log).  Third-party plugins may use them too.
 """
 
 from __future__ import annotations
@@ -15,6 +15,22 @@ import torch
 
 if TYPE_CHECKING:
     from tbhooks.run import Run
+
+def check_int(plugin: str, option: str, value: Any, *, minimum: int = 0) -> int:
+    """``value`` if it is an int >= ``minimum`` (bools refused); else an error naming ``plugin(option=)``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{plugin}({option}=...) expects an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{plugin}({option}=...) expects an int >= {minimum}, got {value}")
+    return value
+
+
+def check_bool(plugin: str, option: str, value: Any) -> bool:
+    """``value`` if it is a bool, else a TypeError naming ``plugin(option=)``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{plugin}({option}=...) expects True or False, got {type(value).__name__}")
+    return value
+
 
 SPRITE_MAX_PX = 8192
 """The largest sprite side TensorBoard's projector loads (a WebGL texture limit)."""

@@ -1,0 +1,47 @@
+"""SIGTERM during a fit: raised as :class:`tbhooks.Terminated` in the main thread, then re-delivered.
+
+Raising lets every ``finally`` block run (the writer is flushed and closed,
+module hooks removed); re-delivering the signal with its default action then
+ends the process with the usual exit status (143).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+from tbhooks.errors import Terminated
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
+
+class SigtermHandler:
+    """Installs the handler for the length of a fit (main thread only) and restores the previous one."""
+
+    def __init__(self, where: Callable[[], int]) -> None:
+        self._where = where  # the current step, for the message
+        self._previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            raise Terminated(f"SIGTERM received at step {self._where()}")
+
+        self._previous = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore(self) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def resend_sigterm() -> None:
+    """End the process by SIGTERM with the default action, so its exit status is the usual one."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
