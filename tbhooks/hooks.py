@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +50,7 @@ from tbhooks.signals import SigtermHandler, resend_sigterm
 from tbhooks.writer import check_logdir, distributed_rank, open_writer
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable, Iterable, Mapping
     from pathlib import Path
     from types import TracebackType

@@ -9,7 +9,6 @@ data write the same tags at the same steps.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +19,7 @@ from tbhooks.evaluation import select_output
 from tbhooks.hooks import Hooks
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable, Iterable, Mapping
 
 
@@ -270,8 +270,9 @@ class Trainer:
             raise TypeError(f"loader expects an iterable of (inputs, targets) batches, got {type(loader).__name__}")
         owns_group = distributed.init_process_group(self.device)
         try:
-            if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-                loader = distributed.shard_eval(loader, torch.distributed.get_rank(), torch.distributed.get_world_size())
+            dist = torch.distributed
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                loader = distributed.shard_eval(loader, dist.get_rank(), dist.get_world_size())
             with self._attach(None, None) as hooks:
                 return self._evaluate(self.model, loader, hooks)
         finally:

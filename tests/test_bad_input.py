@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import tbhooks
-import tbhooks.trainer
+import tbhooks.distributed
 from tbhooks import NonFiniteLossWarning, TbhooksWarning, demo
 from tbhooks.default_plugins.scalars import Scalars
 from tbhooks.testing import read_events
@@ -145,7 +145,7 @@ def test_a_torchrun_rank_without_a_gpu_of_its_own_is_told_so(monkeypatch, device
     with pytest.raises(demo.DemoError, match=rf"--device auto: .* sees {count} CUDA device.*\(--device cpu\)$"):
         demo.resolve_demo_device("auto")
     monkeypatch.setenv("LOCAL_RANK", str(count - 1))  # the last rank that has one
-    assert tbhooks.trainer.resolve_device(device) == torch.device("cuda", count - 1)
+    assert tbhooks.distributed.resolve_device(device) == torch.device("cuda", count - 1)
 
 
 def test_trainer_arguments_are_checked(tmp_path):

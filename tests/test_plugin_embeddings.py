@@ -16,7 +16,7 @@ from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from torch import nn
 
 import tbhooks
-from tbhooks.default_plugins import _images
+from tbhooks.default_plugins import common
 from tbhooks.default_plugins.embeddings import Embeddings, class_quota, pick, tsv_label
 from tbhooks.manager import BUILTIN_PLUGINS
 
@@ -242,7 +242,7 @@ def test_class_quota_matches_round_robin(counts, limit):
 
 def test_sprite_never_exceeds_the_limit(tmp_path, monkeypatch):
     # The real limit (8192 px) needs huge images to reach; the arithmetic is the same at 30 px.
-    monkeypatch.setattr(_images, "SPRITE_MAX_PX", 30)
+    monkeypatch.setattr(common, "SPRITE_MAX_PX", 30)
     images, labels = unbalanced_set((12, 12))
     run_evals(tmp_path, images, labels, plugin=Embeddings(max_points=24))
     [info] = projector(tmp_path).embeddings
@@ -253,12 +253,12 @@ def test_sprite_never_exceeds_the_limit(tmp_path, monkeypatch):
 
 
 def test_thumbnail_side_at_the_real_limit():
-    assert _images.SPRITE_MAX_PX == 8192
-    assert _images.thumbnail_side(1000, 224) == 224  # 32 * 224 = 7168 fits
-    assert _images.thumbnail_side(1000, 300) == 256  # 32 * 300 would be 9600
-    assert _images.thumbnail_side(100_000, 64) == 25  # 317 a row
+    assert common.SPRITE_MAX_PX == 8192
+    assert common.thumbnail_side(1000, 224) == 224  # 32 * 224 = 7168 fits
+    assert common.thumbnail_side(1000, 300) == 256  # 32 * 300 would be 9600
+    assert common.thumbnail_side(100_000, 64) == 25  # 317 a row
     for count, side in ((1000, 300), (100_000, 64), (5000, 512), (1, 10_000)):
-        assert math.ceil(math.sqrt(count)) * _images.thumbnail_side(count, side) <= 8192
+        assert math.ceil(math.sqrt(count)) * common.thumbnail_side(count, side) <= 8192
 
 
 def test_non_square_images_are_padded_square(tmp_path):
@@ -409,9 +409,7 @@ def test_files_are_those_add_embedding_writes(tmp_path, channels):
     theirs = SummaryWriter(tmp_path / "theirs")
     theirs.add_embedding(features, metadata=labels, label_img=thumbs.float() / 255, global_step=step, tag=tag)
     theirs.close()
-    ours = SummaryWriter(tmp_path / "ours")
-    write_projector_files(ours, features.numpy(), labels, thumbs.numpy(), step, tag)
-    ours.close()
+    write_projector_files(str(tmp_path / "ours"), features.numpy(), labels, thumbs.numpy(), step, tag)
 
     [expected] = projector(tmp_path / "theirs").embeddings
     [info] = projector(tmp_path / "ours").embeddings

@@ -119,33 +119,27 @@ def test_only_first_batch_without_every_n_epochs(tmp_path):
     assert cell(decode(event), 0, 8, (4, 4))[0, 0, 0] == 51  # the first batch
 
 
-def test_every_n_epochs_uses_last_batch_of_the_epoch(tmp_path):
+def test_every_n_epochs_uses_the_first_batch_of_every_nth_epoch(tmp_path):
     batches = [torch.full((2, 1, 4, 4), value) for value in (0.2, 0.4, 0.6)]
-    plugin = Images(every_n_epochs=2)
-    runs = []
-    events = train(tmp_path, batches, plugin=plugin, epochs=5, runs=runs)
+    events = train(tmp_path, batches, plugin=Images(every_n_epochs=2), epochs=5)
     got = events.images["images/inputs"]
-    # fit start (step 1), then the ends of epochs 1 and 3 (steps 6 and 12)
-    assert [e.step for e in got] == [1, 6, 12]
-    assert [int(cell(decode(e), 0, 8, (4, 4))[0, 0, 0]) for e in got] == [51, 153, 153]
-    assert runs[0].last_inputs is None  # no batch held after the run
+    # The first batches of epochs 0, 2 and 4 (steps 1, 7 and 13), each showing 0.2 * 255.
+    assert [e.step for e in got] == [1, 7, 13]
+    assert [int(cell(decode(e), 0, 8, (4, 4))[0, 0, 0]) for e in got] == [51, 51, 51]
 
 
-def test_epoch_grid_keeps_a_reference_not_a_copy_and_no_event_after_the_first_batch(tmp_path):
-    plugin = Images(every_n_epochs=1)
+def test_on_batch_end_reaches_the_plugin_on_its_grid_steps_only(tmp_path):
+    plugin = Images(every_n_epochs=2)
     model = nn.Linear(2, 2)
     with tbhooks.attach(model, logdir=tmp_path, plugins=[plugin], disable=OTHERS, autoload=False) as hooks:
         recorder = HookRecorder(hooks)
-        hooks.epoch_start()
         for _ in range(3):
-            inputs = torch.rand(2, 1, 4, 4)
-            hooks.batch_end(inputs, None, torch.zeros(2, 2))
-            assert hooks.run.last_inputs is inputs
-        hooks.epoch_end()
-    # The epoch grid needs only the last batch, which the core keeps: on_batch_end is raised
-    # for the first grid only (steps 2 and 3 take the fast path).
-    assert [kwargs["step"] for kwargs in recorder.of("on_batch_end")] == [1]
-    assert [e.step for e in read_events(tmp_path).images["images/inputs"]] == [1, 3]
+            hooks.epoch_start()
+            for _ in range(3):
+                hooks.batch_end(torch.rand(2, 1, 4, 4), None, torch.zeros(2, 2))
+            hooks.epoch_end()
+    assert [kwargs["step"] for kwargs in recorder.of("on_batch_end")] == [1, 7]
+    assert [e.step for e in read_events(tmp_path).images["images/inputs"]] == [1, 7]
 
 
 @pytest.mark.parametrize(

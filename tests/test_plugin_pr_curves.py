@@ -217,34 +217,3 @@ def test_defaults():
     plugin = PRCurves()
     assert plugin.name == "pr_curves"
     assert plugin.num_thresholds == 127
-
-
-@pytest.mark.parametrize("num_thresholds", [2, 3, 11, 127])
-def test_tables_are_those_add_pr_curve_writes(tmp_path, num_thresholds):
-    """All classes in one event, against one SummaryWriter.add_pr_curve per class, both read back by TensorBoard."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    from tbhooks.default_plugins.pr_curves import pr_curve_data, write_pr_curves
-
-    generator = torch.Generator().manual_seed(11)
-    probs = torch.softmax(torch.randn(300, 5, generator=generator) * 3, dim=1)
-    # Scores on every bucket edge, and 0 and 1 themselves.
-    probs[:num_thresholds, 0] = torch.arange(num_thresholds) / (num_thresholds - 1)
-    labels = torch.randint(0, 6, (300,), generator=generator)  # class 5 is never scored: all negatives
-    classes, tags = [0, 1, 2, 3, 4], [f"pr_curves/c{c}" for c in range(5)]
-
-    theirs = SummaryWriter(tmp_path / "theirs")
-    for column, (cls, tag) in enumerate(zip(classes, tags, strict=True)):
-        theirs.add_pr_curve(tag, (labels == cls).numpy(), probs[:, column].numpy(), 4, num_thresholds=num_thresholds)
-    theirs.close()
-    ours = SummaryWriter(tmp_path / "ours")
-    write_pr_curves(ours, 4, tags, pr_curve_data(probs.numpy(), labels.numpy(), classes, num_thresholds))
-    ours.close()
-
-    want, got = read_events(tmp_path / "theirs"), read_events(tmp_path / "ours")
-    assert set(got.pr_curves) == set(want.pr_curves) == set(tags)
-    for tag in tags:
-        [(step, mine)], [(their_step, reference)] = got.pr_curves[tag], want.pr_curves[tag]
-        assert step == their_step == 4
-        assert mine.shape == reference.shape == (6, num_thresholds)
-        assert np.array_equal(mine, reference), tag

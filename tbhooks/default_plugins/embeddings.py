@@ -445,7 +445,8 @@ def sprite_png(thumbnails: np.ndarray) -> bytes:
     for index in range(count):
         top, left = divmod(index, per_row)
         # [C, S, S] -> [S, S, C]; one channel broadcasts to three.
-        canvas[top * height : (top + 1) * height, left * width : (left + 1) * width] = thumbnails[index].transpose(1, 2, 0)
+        cell = thumbnails[index].transpose(1, 2, 0)
+        canvas[top * height : (top + 1) * height, left * width : (left + 1) * width] = cell
     buffer = io.BytesIO()
     Image.fromarray(canvas).save(buffer, format="PNG")
     return buffer.getvalue()

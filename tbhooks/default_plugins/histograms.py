@@ -74,33 +74,37 @@ def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
     """The histogram of a non-empty ``tensor`` as one 1-D tensor on its device, with no host sync.
 
     Layout: ``[min, max, num, sum, sum_squares, nonfinite, count_0, ..., count_{bins-1}]``,
-    float64 (float32 on MPS, which has no float64).  Any float or integer
-    dtype is binned; low-precision floats are upcast on the device.
+    float64 (float32 on MPS, which has no float64).  A value's bucket is
+    ``torch.histc``'s, ``floor((x - min) * bins / (max - min))`` in float32
+    (float64 for float64 and integer tensors); low-precision floats are upcast
+    on the device.  Sums are taken in the row's dtype.
     """
     flat = tensor.detach().reshape(-1)
     wide = torch.float32 if flat.device.type == "mps" else torch.float64
+    work = torch.float32 if flat.is_floating_point() and flat.dtype != torch.float64 else wide
     chunks = flat.split(CHUNK)
-    low = torch.full((), torch.inf, dtype=wide, device=flat.device)
-    high, num, total, square = -low, low.new_zeros(()), low.new_zeros(()), low.new_zeros(())
+    low = torch.full((), torch.inf, dtype=work, device=flat.device)
+    high = -low
+    num, total, square = (flat.new_zeros((), dtype=wide) for _ in range(3))
     for chunk in chunks:
-        values = chunk.to(wide)
+        values = chunk.to(work)
         finite = torch.isfinite(values)
         low = torch.minimum(low, torch.where(finite, values, torch.inf).min())
         high = torch.maximum(high, torch.where(finite, values, -torch.inf).max())
-        kept = torch.where(finite, values, 0.0)
+        kept = torch.where(finite, values, 0.0).to(wide)
         num, total, square = num + finite.sum(), total + kept.sum(), square + (kept * kept).sum()
     empty = num == 0
     low, high = torch.where(empty, 0.0, low), torch.where(empty, 0.0, high)
     same = low == high
     left, right = torch.where(same, low - 1.0, low), torch.where(same, high + 1.0, high)
-    counts = low.new_zeros(bins + 1)
+    counts = flat.new_zeros(bins + 1, dtype=wide)
     for chunk in chunks:
-        values = chunk.to(wide)
+        values = chunk.to(work)
         finite = torch.isfinite(values)
         position = (torch.where(finite, values, left) - left) * bins / (right - left)
-        index = torch.where(finite, position.floor().clamp(0, bins - 1).long(), bins)  # bin `bins`: counted out
-        counts.scatter_add_(0, index, torch.ones_like(values))
-    stats = torch.stack([low, high, num, total, square, flat.numel() - num])
+        index = torch.where(finite, position.long().clamp(0, bins - 1), bins)  # bucket `bins`: counted out
+        counts.scatter_add_(0, index, torch.ones_like(index, dtype=wide))
+    stats = torch.stack([low.to(wide), high.to(wide), num, total, square, flat.numel() - num])
     return torch.cat([stats, counts[:bins]])
 
 
