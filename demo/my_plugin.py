@@ -19,10 +19,12 @@ class GradNorm:
             raise ValueError(f"GradNorm(every_n_steps=...) expects an int >= 1, got {every_n_steps!r}")
         self.every_n_steps = every_n_steps
 
+    def batch_end_due(self, step: int) -> bool:  # a plain method: on_batch_end is raised on these steps only
+        return step % self.every_n_steps == 0
+
     @hookimpl
     def on_batch_end(self, run: Run, step: int) -> None:  # take only the arguments you need
-        if step % self.every_n_steps or not run.is_writer:
-            return  # return at once on steps that log nothing: no tensor is read back there
-        norms = [p.grad.detach().norm() for p in run.model.parameters() if p.grad is not None]
-        if norms:
-            run.writer.add_scalar("my/grad_norm", float(torch.stack(norms).norm()), step)
+        if run.is_writer:  # under torchrun only rank 0 writes: the others skip the work
+            norms = [p.grad.detach().norm() for p in run.model.parameters() if p.grad is not None]
+            if norms:
+                run.writer.add_scalar("my/grad_norm", float(torch.stack(norms).norm()), step)

@@ -1,38 +1,17 @@
 """The custom-loop API: raise tbhooks' events from any training loop.
 
 :func:`attach` returns a :class:`Hooks`; a hand-written loop calls its
-methods at the points the events describe, and the :class:`tbhooks.Trainer`
-and the framework adapters call the very same methods, so all of them write
-the same logs::
-
-    with tbhooks.attach(model, logdir="runs/exp", optimizer=opt) as hooks:
-        for epoch in range(epochs):
-            hooks.epoch_start()
-            for inputs, targets in loader:
-                hooks.batch_start()            # module hooks for this step, if any are due
-                opt.zero_grad()
-                outputs = model(inputs)
-                loss = loss_fn(outputs, targets)
-                loss.backward(); opt.step()
-                hooks.batch_end(inputs, targets, outputs, loss)
-            hooks.epoch_end()
-            model.eval(); hooks.eval_start()
-            with torch.no_grad():
-                for inputs, targets in test_loader:
-                    outputs = model(inputs)
-                    hooks.eval_batch(inputs, targets, outputs, loss_fn(outputs, targets))
-            hooks.eval_end(); model.train()
-
-Entering the ``with`` block fires ``on_fit_start``; leaving it fires
-``on_fit_end`` (or ``on_exception``), flushes and closes the writer and
-removes every module hook, whatever happened inside.
+methods at the points the events describe (the README's quick start shows
+the loop), and the :class:`tbhooks.Trainer` and the framework adapters call
+the very same methods, so all of them write the same logs.  Entering the
+``with`` block fires ``on_fit_start``; leaving it fires ``on_fit_end`` (or
+``on_exception``), closes the writer and removes every module hook,
+whatever happened inside.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -46,7 +25,7 @@ from tbhooks.evaluation import EvalState, all_reduce, select_output
 from tbhooks.manager import PluginHost, env_flag, make_plugin_manager
 from tbhooks.run import Run
 from tbhooks.schedule import Schedule
-from tbhooks.signals import SigtermHandler, resend_sigterm
+from tbhooks.signals import SigtermHandler, close_at_exit, resend_sigterm
 from tbhooks.writer import check_logdir, distributed_rank, open_writer
 
 if TYPE_CHECKING:
@@ -59,16 +38,6 @@ if TYPE_CHECKING:
     from torch.optim import Optimizer
 
     from tbhooks.render import Renderer
-
-_open_hooks: weakref.WeakSet[Hooks] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_at_exit() -> None:
-    # A script that ends without close() (sys.exit inside the loop, say) still gets every pending event on disk.
-    for hooks in list(_open_hooks):
-        hooks.close()
-
 
 class Hooks:
     """Raises the events of one run; made by :func:`attach` (see there for the options).
@@ -146,14 +115,9 @@ class Hooks:
         # Every module's own flag, so a BatchNorm the user froze in eval mode stays frozen.
         self._modes = [(module, module.training) for module in self.model.modules()]
         self._sigterm = SigtermHandler(lambda: self.step)
-        _open_hooks.add(self)
+        close_at_exit.add(self)
 
     # -- properties -----------------------------------------------------------
-
-    @property
-    def hook(self) -> Any:
-        """pluggy's hook relay, for raising events directly (``hooks.hook.on_eval(...)``)."""
-        return self._host.hook
 
     @property
     def plugin_manager(self) -> Any:
@@ -353,7 +317,7 @@ class Hooks:
         if self._closed:
             return
         self._closed = True
-        _open_hooks.discard(self)
+        close_at_exit.discard(self)
         try:
             self._capturer.detach()
             for module, training in self._modes:

@@ -1,15 +1,19 @@
-"""SIGTERM during a fit: raised as :class:`tbhooks.Terminated` in the main thread, then re-delivered.
+"""How a process's end reaches a run: SIGTERM, and an exit without ``close()``.
 
-Raising lets every ``finally`` block run (the writer is flushed and closed,
+SIGTERM during a fit is raised as :class:`tbhooks.Terminated` in the main
+thread, so every ``finally`` block runs (the writer is flushed and closed,
 module hooks removed); re-delivering the signal with its default action then
-ends the process with the usual exit status (143).
+ends the process with the usual exit status (143).  A script that exits
+without closing its run (``sys.exit`` inside the loop) has it closed at exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from tbhooks.errors import Terminated
@@ -17,6 +21,17 @@ from tbhooks.errors import Terminated
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
+
+    from tbhooks.hooks import Hooks
+
+close_at_exit: weakref.WeakSet[Hooks] = weakref.WeakSet()
+"""The runs still open: each is closed when the interpreter exits."""
+
+
+@atexit.register
+def _close_open_runs() -> None:
+    for hooks in list(close_at_exit):
+        hooks.close()
 
 
 class SigtermHandler:

@@ -7,6 +7,10 @@ from importlib.metadata import entry_points
 
 import pytest
 
+DEMO_RUN_EPOCHS = 3
+DEMO_RUN_BATCH_SIZE = 16
+"""The options of :func:`demo_run`, for tests that compute steps from them."""
+
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory):
@@ -20,13 +24,19 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     from tbhooks.demo import build_parser, run
 
     logdir = tmp_path_factory.mktemp("demo")
-    args = build_parser().parse_args(["--logdir", str(logdir), "--epochs", "3", "--batch-size", "16", "--seed", "0"])
+    argv = ["--logdir", str(logdir), "--epochs", str(DEMO_RUN_EPOCHS), "--batch-size", str(DEMO_RUN_BATCH_SIZE)]
+    args = build_parser().parse_args([*argv, "--seed", "0"])
     printed = io.StringIO()
     result = run(args, stream=printed)
     result.output = printed.getvalue()  # type: ignore[attr-defined]
     return result
 
 
+def plugin_installed(name: str) -> bool:
+    """Whether a distribution with the ``tbhooks`` entry point ``name`` is installed."""
+    return any(ep.name == name for ep in entry_points(group="tbhooks"))
+
+
 def figures_installed() -> bool:
     """Whether the ``tbhooks-figures`` distribution is installed (its entry point ``figures``)."""
-    return any(ep.name == "figures" for ep in entry_points(group="tbhooks"))
+    return plugin_installed("figures")

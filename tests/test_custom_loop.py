@@ -8,16 +8,22 @@ from _support import classification_data, loader, mlp
 from torch import nn
 
 import tbhooks
+from tbhooks.default_plugins.scalars import Scalars
 from tbhooks.testing import read_events
 
 QUIET = ["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"]
+EVERY = 3
+"""The scalars interval: several train/loss points in these short epochs (the default, 50, would give none)."""
 
 
 def hand_written(logdir, data, eval_data, epochs):
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss_fn = nn.functional.cross_entropy
-    with tbhooks.attach(model, logdir=logdir, optimizer=optimizer, disable=QUIET, autoload=False) as hooks:
+    plugins = [Scalars(every_n_steps=EVERY)]
+    with tbhooks.attach(
+        model, logdir=logdir, optimizer=optimizer, plugins=plugins, disable=QUIET, autoload=False
+    ) as hooks:
         for _ in range(epochs):
             model.train()
             hooks.epoch_start()
@@ -51,6 +57,7 @@ def test_same_tags_steps_and_values(tmp_path):
         torch.optim.SGD(model.parameters(), lr=0.1),
         nn.functional.cross_entropy,
         logdir=tmp_path / "trainer",
+        plugins=[Scalars(every_n_steps=EVERY)],
         disable=QUIET,
         autoload=False,
     )
@@ -59,6 +66,9 @@ def test_same_tags_steps_and_values(tmp_path):
     loop, fit = read_events(tmp_path / "loop"), read_events(tmp_path / "trainer")
     assert sorted(loop.scalars) == sorted(fit.scalars)
     assert {"train/loss", "train/lr", "train/epoch_loss", "eval/loss", "eval/accuracy"} <= set(fit.scalars)
+    per_epoch = len(data)  # 56 samples in batches of 8
+    assert fit.steps("train/loss") == list(range(EVERY, 2 * per_epoch + 1, EVERY))
+    assert fit.steps("train/epoch_loss") == fit.steps("eval/loss") == [per_epoch, 2 * per_epoch]
     for tag in fit.scalars:
         assert loop.steps(tag) == fit.steps(tag), tag
         assert loop.values(tag) == pytest.approx(fit.values(tag), rel=1e-6), tag

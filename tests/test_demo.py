@@ -1,9 +1,10 @@
-"""The demo: accuracy, what it writes, its options and errors, both loops, and the example plugin."""
+"""The demo: accuracy, what it writes, its options and errors, both loops, and a plugin of your own."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import math
 import struct
 import subprocess
 import sys
@@ -11,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import figures_installed
+from conftest import DEMO_RUN_BATCH_SIZE, DEMO_RUN_EPOCHS, figures_installed, plugin_installed
 from torch import nn
 
 import tbhooks
 from tbhooks import demo
 from tbhooks.manager import BUILTIN_PLUGINS
 from tbhooks.run import safe_tag
-from tbhooks.testing import read_events
+from tbhooks.testing import HookRecorder, read_events
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +40,11 @@ def tags_by_dashboard(run_dir: Path) -> dict[str, set[str]]:
     return {name: set(board.tags) for name, board in demo.dashboard_summary(run_dir).items()}
 
 
+def steps_per_epoch(result: demo.DemoResult, batch_size: int = DEMO_RUN_BATCH_SIZE) -> int:
+    """Training batches an epoch of ``result`` had (the last one may be short)."""
+    return math.ceil(len(result.data.train) / batch_size)
+
+
 # ---------------------------------------------------------------------------
 # the default run (3 epochs of the full digits, every plugin; conftest.demo_run)
 # ---------------------------------------------------------------------------
@@ -56,8 +62,10 @@ def test_digits_accuracy_over_90_percent(demo_run):
     assert demo_run.metrics["accuracy"] == pytest.approx(accuracy, abs=1e-6)
     events = read_events(demo_run.run_dir)
     assert events.values("eval/accuracy")[-1] == pytest.approx(accuracy, abs=1e-6)
-    assert events.steps("eval/accuracy") == [90, 180, 270]  # 1438 / 16 = 90 steps an epoch
-    assert demo_run.output.count("test accuracy") == 3
+    per_epoch = steps_per_epoch(demo_run)
+    assert per_epoch == 90  # 1438 / 16, the last batch short
+    assert events.steps("eval/accuracy") == [per_epoch * epoch for epoch in range(1, DEMO_RUN_EPOCHS + 1)]
+    assert demo_run.output.count("test accuracy") == DEMO_RUN_EPOCHS
 
 
 def test_digits_match_sklearn_resized(demo_run):
@@ -87,18 +95,40 @@ def test_every_dashboard_gets_data(demo_run):
     assert boards["HPARAMS"] == {"session"}
     assert demo.dashboard_summary(demo_run.run_dir)["HPARAMS"].note == "6 hyperparameters"
     # Embeddings every 3rd evaluation = one, at the last; with the images as sprites.
-    assert boards["PROJECTOR"] == {"embeddings/fc3/step270:00270"}
+    last = steps_per_epoch(demo_run) * DEMO_RUN_EPOCHS
+    assert boards["PROJECTOR"] == {f"embeddings/fc3/step{last}:{last:05d}"}
     assert demo_run.dashboards["PROJECTOR"].note.endswith("1 with a sprite")
     assert (demo_run.run_dir / "projector_config.pbtxt").is_file()
     if figures_installed():
         assert {"figures/confusion_matrix", "figures/predictions_vs_actuals"} <= boards["IMAGES"]
 
 
-def test_histograms_twice_an_epoch(demo_run):
+def test_histograms_twice_and_losses_five_times_an_epoch(demo_run):
     events = read_events(demo_run.run_dir)
-    assert [h.step for h in events.histograms["activations/fc1"]] == [45, 90, 135, 180, 225, 270]
-    # The train/loss interval is a fifth of the 90-step epoch.
-    assert events.steps("train/loss") == list(range(18, 271, 18))
+    per_epoch = steps_per_epoch(demo_run)
+    last = per_epoch * DEMO_RUN_EPOCHS
+    every = per_epoch // 2
+    assert [h.step for h in events.histograms["activations/fc1"]] == list(range(every, last + 1, every))
+    # train/loss: the batch loss of every (a fifth of an epoch)-th step; train/epoch_loss at each epoch's end.
+    every = per_epoch // 5
+    assert events.steps("train/loss") == list(range(every, last + 1, every))
+    assert events.steps("train/epoch_loss") == list(range(per_epoch, last + 1, per_epoch))
+    # The epoch losses logged are those the demo printed (4 decimals).
+    epoch_lines = [line for line in demo_run.output.splitlines() if line.startswith("epoch ")]
+    printed = [float(line.split("train loss ")[1].split()[0]) for line in epoch_lines]
+    assert len(printed) == DEMO_RUN_EPOCHS
+    assert events.values("train/epoch_loss") == pytest.approx(printed, abs=5e-5)
+    assert events.values("train/epoch_loss")[-1] < events.values("train/epoch_loss")[0]
+
+
+@pytest.mark.skipif(not plugin_installed("example"), reason="tbhooks-example is not installed")
+def test_example_plugin_counts_the_run(demo_run):
+    from tbhooks_example import Example
+
+    steps = steps_per_epoch(demo_run) * DEMO_RUN_EPOCHS
+    sampled = steps // Example().every_n_steps  # on_batch_end is raised on its declared steps only
+    expected = f"{steps} steps, {sampled} sampled, {DEMO_RUN_EPOCHS} epochs, {DEMO_RUN_EPOCHS} evaluations"
+    assert read_events(demo_run.run_dir).texts["example/summary/text_summary"] == [expected]
 
 
 def test_report_names_run_counts_and_command(demo_run):
@@ -147,11 +177,20 @@ def test_unknown_plugin_in_disable_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv", [["--epochs", "0"], ["--batch-size", "x"], ["--dataset", "cifar"], ["--loop", "lightning"]]
+    "argv", [["--epochs", "0"], ["--batch-size", "x"], ["--dataset", "cifar"], ["--loop", "nosuchloop"]]
 )
 def test_bad_arguments_exit_2(argv, capsys):
     assert demo.main(argv) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_loop_choices_are_the_loops_table():
+    assert demo.LOOPS == {"trainer": demo.fit_trainer, "custom": demo.fit_custom_loop}
+    parser = demo.build_parser()
+    assert parser.parse_args([]).loop == "trainer"
+    for name in demo.LOOPS:
+        assert parser.parse_args(["--loop", name]).loop == name
+    assert "--loop {trainer,custom}" in parser.format_usage()
 
 
 def test_help_exits_0(capsys):
@@ -269,8 +308,27 @@ def test_fashion_mnist_missing_is_one_line_exit_2(tmp_path):
 # ---------------------------------------------------------------------------
 
 
+def bare_batch_losses(epochs: int, limit: int, batch_size: int, seed: int = 0) -> list[float]:
+    """The demo's training in plain PyTorch, without tbhooks: the loss of every step, in order."""
+    data = demo.load_digits(seed=seed).limited(limit)
+    train_loader, _ = demo.make_loaders(data, batch_size, seed=seed)
+    torch.manual_seed(seed)
+    model = demo.Net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=demo.LEARNING_RATE)
+    losses = []
+    for _ in range(epochs):
+        for inputs, targets in train_loader:
+            loss = nn.functional.cross_entropy(model(inputs), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return losses
+
+
 def test_trainer_and_custom_loop_write_the_same(tmp_path):
-    quick = ["--epochs", "2", "--limit", "160", "--batch-size", "32"]
+    epochs, limit, batch_size = 2, 160, 16  # 10 steps an epoch: train/loss every 2nd step
+    quick = ["--epochs", str(epochs), "--limit", str(limit), "--batch-size", str(batch_size)]
     by_trainer = run_demo("--logdir", str(tmp_path / "cli"), *quick, "--loop", "trainer")
     by_loop = run_demo("--logdir", str(tmp_path / "cli"), *quick, "--loop", "custom")
     script_trainer = load_script("trainer").main(["--logdir", str(tmp_path / "script-trainer"), *quick])
@@ -295,6 +353,19 @@ def test_trainer_and_custom_loop_write_the_same(tmp_path):
     assert script_trainer == pytest.approx(by_trainer.metrics, rel=1e-5)
     assert script_loop == pytest.approx(by_trainer.metrics, rel=1e-5)
 
+    # And the numbers are the training's own: train/loss is the batch loss of every logged step,
+    # train/epoch_loss the mean batch loss of each epoch, as a loop without tbhooks computes them.
+    losses = bare_batch_losses(epochs, limit, batch_size)
+    per_epoch = math.ceil(limit / batch_size)
+    assert len(losses) == epochs * per_epoch
+    every = max(1, per_epoch // 5)  # demo_plugins' scalars interval
+    assert every > 1  # so a mean over the interval would differ from the step's batch loss
+    logged = events[0].scalars["train/loss"]
+    assert [s.step for s in logged] == list(range(every, len(losses) + 1, every))
+    assert [s.value for s in logged] == pytest.approx([losses[s.step - 1] for s in logged], rel=1e-5)
+    epoch_means = [sum(losses[i : i + per_epoch]) / per_epoch for i in range(0, len(losses), per_epoch)]
+    assert events[0].values("train/epoch_loss") == pytest.approx(epoch_means, rel=1e-5)
+
 
 # ---------------------------------------------------------------------------
 # a plugin of your own (demo/my_plugin.py), registered by object
@@ -316,6 +387,7 @@ def test_my_plugin_logs_the_gradient_norm(tmp_path):
         disable=list(BUILTIN_PLUGINS),
         autoload=False,
     ) as hooks:
+        recorder = HookRecorder(hooks)
         hooks.epoch_start()
         for step, (x, y) in enumerate(zip(inputs, targets, strict=True), start=1):
             hooks.batch_start()
@@ -332,6 +404,8 @@ def test_my_plugin_logs_the_gradient_norm(tmp_path):
     assert [s.step for s in logged] == [2, 4, 6]
     assert [s.value for s in logged] == pytest.approx([expected[2], expected[4], expected[6]], rel=1e-5)
     assert set(read_events(tmp_path).scalars) == {"my/grad_norm"}  # the built-ins were disabled
+    # It declares its schedule (batch_end_due), so on the other steps on_batch_end is not raised at all.
+    assert [call["step"] for call in recorder.of("on_batch_end")] == [2, 4, 6]
 
 
 def test_my_plugin_checks_its_option():

@@ -11,6 +11,7 @@ with what the run wrote (read independently with ``tbhooks.testing.read_events``
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import figures_installed
+from conftest import DEMO_RUN_BATCH_SIZE, DEMO_RUN_EPOCHS, figures_installed, plugin_installed
 
 from tbhooks.testing import read_events
 
@@ -114,6 +115,9 @@ def server(demo_run, tmp_path_factory):
 def test_every_dashboard_serves_the_demo_run(server, demo_run):
     run = demo_run.run_dir.name
     events = read_events(demo_run.run_dir)
+    per_epoch = math.ceil(len(demo_run.data.train) / DEMO_RUN_BATCH_SIZE)
+    eval_steps = [per_epoch * epoch for epoch in range(1, DEMO_RUN_EPOCHS + 1)]
+    test_images = len(demo_run.data.test)
 
     # The server answers and has loaded the run (the first load runs in a thread).
     runs = server.wait_for("the run", lambda: run in server.json("/data/runs") and server.json("/data/runs"))
@@ -134,6 +138,7 @@ def test_every_dashboard_serves_the_demo_run(server, demo_run):
     assert [(step, value) for _, step, value in served] == [
         (s.step, pytest.approx(s.value)) for s in events.scalars["eval/accuracy"]
     ]
+    assert [step for _, step, _ in served] == eval_steps
     assert served[-1][2] == pytest.approx(demo_run.metrics["accuracy"]) and served[-1][2] > 0.9
 
     # IMAGES: the input grid (and the figures), served as PNG.
@@ -160,7 +165,7 @@ def test_every_dashboard_serves_the_demo_run(server, demo_run):
     pr_tags = set(server.json("/data/plugin/pr_curves/tags")[run])
     assert pr_tags == {f"pr_curves/{digit}" for digit in range(10)}
     curves = server.json("/data/plugin/pr_curves/pr_curves", run=run, tag="pr_curves/3")[run]
-    assert [entry["step"] for entry in curves] == [90, 180, 270]
+    assert [entry["step"] for entry in curves] == eval_steps
     assert all(0 <= p <= 1 for p in curves[-1]["precision"]) and max(curves[-1]["recall"]) == pytest.approx(1)
 
     # GRAPHS: the traced model, with the tutorial's layers in it.
@@ -170,22 +175,32 @@ def test_every_dashboard_serves_the_demo_run(server, demo_run):
     for layer in ("conv1", "conv2", "fc1", "fc2", "fc3"):
         assert layer in graph, layer
 
-    # PROJECTOR: the embedding of the last evaluation, 359 points of 84 features, labels and a sprite.
+    # PROJECTOR: the embedding of the last evaluation, one point of 84 features per test image
+    # (359 of them), labels and a sprite.
     assert server.json("/data/plugin/projector/runs") == [run]
     config = server.json("/data/plugin/projector/info", run=run)
     (embedding,) = config["embeddings"]
-    assert embedding["tensorName"].startswith("embeddings/fc3/step270")
-    assert embedding["tensorShape"] == [359, 84]
+    assert embedding["tensorName"].startswith(f"embeddings/fc3/step{eval_steps[-1]}")
+    assert embedding["tensorShape"] == [test_images, 84]
     assert embedding["sprite"]["imagePath"].endswith("sprite.png")
     sprite = server.get("/data/plugin/projector/sprite_image", run=run, name=embedding["tensorName"])
     assert sprite.startswith(b"\x89PNG\r\n\x1a\n")
     labels = server.get("/data/plugin/projector/metadata", run=run, name=embedding["tensorName"]).decode()
-    assert len(labels.splitlines()) == 359
+    assert len(labels.splitlines()) == test_images == 359
     assert set(labels.split()) <= {str(digit) for digit in range(10)}
 
-    # TEXT: the hparams table and the model summary.
+    # TEXT: the hparams table and the model summary (and the example plugin's line, when installed).
     text_tags = set(server.json("/data/plugin/text/tags")[run])
     assert {"hparams/summary/text_summary", "hparams/model/text_summary"} <= text_tags
+    if plugin_installed("example"):
+        from tbhooks_example import Example
+
+        steps = eval_steps[-1]
+        sampled = steps // Example().every_n_steps
+        expected = f"{steps} steps, {sampled} sampled, {DEMO_RUN_EPOCHS} epochs, {DEMO_RUN_EPOCHS} evaluations"
+        (served_text,) = server.json("/data/plugin/text/text", run=run, tag="example/summary/text_summary")
+        assert served_text["step"] == steps
+        assert f"<p>{expected}</p>" in served_text["text"]  # TensorBoard renders the text as markdown
 
     # HPARAMS: the hyper-parameters the demo passed and the final metrics as metric columns.
     experiment = server.post_json("/data/plugin/hparams/experiment", {"experimentName": ""})
@@ -205,4 +220,4 @@ def test_every_dashboard_serves_the_demo_run(server, demo_run):
     )
     (group,) = groups["sessionGroups"]
     assert group["hparams"]["lr"] == pytest.approx(1e-3)
-    assert group["hparams"]["epochs"] == 3
+    assert group["hparams"]["epochs"] == DEMO_RUN_EPOCHS

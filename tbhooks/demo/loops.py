@@ -1,0 +1,121 @@
+"""The ways the demo can train, as a table ``--loop`` name -> fit function.
+
+Every fit function takes the same arguments (:class:`FitLoop`) and returns
+the last evaluation's metrics, so ``tbhooks demo`` only looks its loop up in
+:data:`LOOPS`; a new way to train (a framework adapter, say) is one more
+function and one more entry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from torch.utils.data import DataLoader
+
+LEARNING_RATE = 1e-3
+"""Adam's learning rate, in every loop and script."""
+
+
+class FitLoop(Protocol):
+    """The signature every entry of :data:`LOOPS` has; ``options`` go to ``tbhooks.attach``."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_loader: DataLoader,
+        test_loader: DataLoader,
+        *,
+        epochs: int,
+        logdir: str | Path,
+        device: torch.device,
+        **options: Any,
+    ) -> dict[str, float]: ...
+
+
+def hparams_of(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int, batch_size: int) -> dict[str, Any]:
+    """The hyperparameters the demo records; every loop passes the same, so their HPARAMS rows match."""
+    return {
+        "model": type(model).__name__,
+        "optimizer": type(optimizer).__name__,
+        "lr": optimizer.param_groups[0]["lr"],
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def fit_trainer(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    *,
+    epochs: int,
+    logdir: str | Path,
+    device: torch.device,
+    **options: Any,
+) -> dict[str, float]:
+    """Train with :class:`tbhooks.Trainer`; ``options`` go to ``tbhooks.attach`` (plugins, disable, ...)."""
+    from tbhooks.trainer import Trainer
+
+    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), logdir=logdir, device=device, **options)
+    return trainer.fit(train_loader, epochs=epochs, eval_loader=test_loader)
+
+
+def fit_custom_loop(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    *,
+    epochs: int,
+    logdir: str | Path,
+    device: torch.device,
+    **options: Any,
+) -> dict[str, float]:
+    """The same training as :func:`fit_trainer`, as a hand-written loop around ``tbhooks.attach``.
+
+    ``demo/custom_loop.py`` in the repository is this loop as a script.
+    """
+    from tbhooks.hooks import attach
+
+    loss_fn = nn.CrossEntropyLoss()
+    model.to(device)
+    with attach(model, logdir=logdir, optimizer=optimizer, epochs=epochs, **options) as hooks:
+        for _ in range(epochs):
+            model.train()
+            hooks.epoch_start()
+            for inputs, targets in train_loader:
+                inputs, targets = inputs.to(device), targets.to(device)
+                hooks.batch_start()
+                outputs = model(inputs)
+                loss = loss_fn(outputs, targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                hooks.batch_end(inputs, targets, outputs, loss)
+            hooks.epoch_end()
+
+            model.eval()
+            hooks.eval_start()
+            with torch.no_grad():
+                for inputs, targets in test_loader:
+                    inputs, targets = inputs.to(device), targets.to(device)
+                    outputs = model(inputs)
+                    hooks.eval_batch(inputs, targets, outputs, loss_fn(outputs, targets))
+            hooks.eval_end()
+        return hooks.last_metrics
+
+
+LOOPS: dict[str, FitLoop] = {
+    "trainer": fit_trainer,
+    "custom": fit_custom_loop,
+}
+"""``--loop`` name -> fit function; the first entry is the default."""
