@@ -60,3 +60,11 @@ def test_each_run_counts_from_zero(tmp_path, monkeypatch):
     fit(tmp_path / "second", epochs=1, evaluate=False)
 
     assert read_events(tmp_path / "second").texts[TAG] == ["75 steps, 0 sampled, 1 epochs, 0 evaluations"]
+
+
+def test_the_interval_is_checked():
+    import pytest
+
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=r"Example\(every_n_steps=...\) expects an int >= 1"):
+            Example(every_n_steps=bad)

@@ -18,6 +18,8 @@ class Example:
     name = "example"
 
     def __init__(self, every_n_steps: int = 100) -> None:
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"Example(every_n_steps=...) expects an int >= 1, got {every_n_steps!r}")
         self.every_n_steps = every_n_steps
         self.sampled = self.epochs = self.evals = 0
 
