@@ -1,22 +1,31 @@
-"""Module hooks: capture submodule outputs, inputs and gradients on a schedule.
+"""Module hooks: capture submodule outputs, inputs and output gradients for the plugins that ask.
 
-Plugins ask through the ``on_capture_request`` event; the core attaches torch
-hooks only around the steps where some request is due and removes every
-handle afterwards.  The invariant this module keeps: outside
-:meth:`Capturer.attach` ... :meth:`Capturer.detach`, the model's hook
-dictionaries are exactly as the user left them.
+Plugins ask through ``on_capture_request``.  On an eager model the core
+registers torch hooks only around the steps where some request is due and
+removes every handle afterwards.  A compiled model (``torch.compile(model)``
+or ``model.compile()``) does not run hooks added after its code was
+compiled, so there the hooks are registered before the first forward pass
+and stay until the run closes, each gated by one flag the compiler guards
+on: the compiled code exists in two variants (capturing or not) whatever the
+schedule, and a step that captures nothing stores nothing.
+
+Which case holds is found at the run's first forward pass by a probe, a
+forward pre-hook on the model that asks ``torch.compiler.is_compiling()``.
+Outside a run, the model's hook dictionaries are exactly as the user left them.
 """
 
 from __future__ import annotations
 
-import sys
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from tbhooks.errors import TbhooksWarning
+
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from torch import nn
     from torch.utils.hooks import RemovableHandle
@@ -33,8 +42,7 @@ class Capture:
         (``""`` is the model itself).
     :param kind: ``"output"`` (the forward output), ``"input"`` (the first
         positional input of forward) or ``"grad_output"`` (the gradient of
-        the loss with respect to the module's output, via a full backward
-        hook).
+        the loss with respect to the module's output).
     :param every_n_steps: capture on training steps that are multiples of
         this; 0 never captures during training.
     :param at_eval: capture on every evaluation batch.
@@ -63,7 +71,7 @@ class Capture:
         return self.every_n_steps > 0 and step % self.every_n_steps == 0
 
 
-def _first_tensor(value: Any) -> torch.Tensor | None:
+def first_tensor(value: Any) -> torch.Tensor | None:
     """The tensor a hook stores: the value itself, or the first tensor of a tuple/list/dict."""
     if isinstance(value, torch.Tensor):
         return value
@@ -71,119 +79,154 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
         value = list(value.values())
     if isinstance(value, (tuple, list)):
         for item in value:
-            found = _first_tensor(item)
+            found = first_tensor(item)
             if found is not None:
                 return found
     return None
 
 
 class Capturer:
-    """Owns the module hooks of one run.
-
-    ``attach(requests)`` registers one hook per requested (module, kind) and
-    returns; tensors land in :attr:`captured`.  ``detach()`` removes every
-    handle, is idempotent, and is called by the core in ``finally`` blocks.
-    """
+    """Owns the module hooks of one run: ``start_step``/``end_step`` around each training
+    step, ``start_eval``/``take``/``end_eval`` around an evaluation, ``close`` at the end."""
 
     def __init__(self, model: nn.Module) -> None:
         self._model = model
-        self._handles: list[RemovableHandle] = []
-        self.captured: dict[str, torch.Tensor] = {}
-        self.requests: tuple[Capture, ...] = ()
+        self._requests: list[tuple[str, Capture]] = []
         self._modules: dict[str, nn.Module] = {}
+        self._handles: list[RemovableHandle] = []
+        self._keys: list[str] = []  # the keys of the hooks registered now
+        self._captured: dict[str, torch.Tensor] = {}  # filled by the hooks; cleared in place
+        self.active = False
+        """Whether the hooks store what they see (read by every hook; a compiler guards on it)."""
+        self.compiled: bool | None = None
+        """Whether the model runs compiled code (known after the first forward pass of the run)."""
+        self._persistent = False
+        self._probe: dict[str, bool] = {}
 
-    def set_requests(self, requests: Iterable[Capture]) -> None:
-        """Validate and keep the requests; unknown module names are an error naming the known ones."""
-        kept: list[Capture] = []
+    def set_requests(self, requests: Iterable[tuple[str, Capture]]) -> None:
+        """Validate and keep ``(plugin name, request)`` pairs; an unknown module is an error naming the known ones."""
         names = dict(self._model.named_modules())
-        for request in requests:
+        for owner, request in requests:
             if not isinstance(request, Capture):
                 raise TypeError(f"on_capture_request must return Capture objects, got {type(request).__name__}")
             if request.module not in names:
                 known = ", ".join(repr(n) for n in list(names)[:20])
                 raise ValueError(f"Capture(module={request.module!r}): no such submodule; known: {known}")
             self._modules[request.module] = names[request.module]
-            if request not in kept:
-                kept.append(request)
-        self.requests = tuple(kept)
+            if (owner, request) not in self._requests:
+                self._requests.append((owner, request))
 
-    @staticmethod
-    def _one_per_key(requests: Iterable[Capture]) -> list[Capture]:
-        # Two plugins may ask for the same tensor on different schedules: each keeps
-        # its schedule, and a step where both are due registers one hook, not two.
-        unique: dict[str, Capture] = {}
+    def _due(self, step: int | None) -> set[str]:
+        """The keys captured at training step ``step`` (``None``: an evaluation batch)."""
+        if step is None:
+            return {r.key for _, r in self._requests if r.at_eval}
+        return {r.key for _, r in self._requests if r.due(step)}
+
+    # -- around a forward pass ------------------------------------------------
+
+    def start_step(self, step: int | None) -> None:
+        """Before the forward pass of training step ``step`` (``None``: an evaluation)."""
+        keys = self._due(step)
+        if self.compiled is None:
+            self._start_probe(keys)
+        elif self._persistent:
+            self.active = bool(keys)
+        else:
+            self._remove()  # what a step that never ended left
+            if keys:
+                self._register([r for _, r in self._requests if r.key in keys])
+                self.active = True
+
+    def end_step(self, step: int | None) -> dict[str, torch.Tensor]:
+        """After the step: what was captured for the keys due at ``step``; one-step hooks are removed."""
+        if self.compiled is None and self._probe:
+            self._end_probe()
+        elif not self._persistent:
+            self._remove()
+        self.active = False
+        return self.take(step)
+
+    def take(self, step: int | None) -> dict[str, torch.Tensor]:
+        """What was captured since the last call, for the keys due at ``step``, and start afresh."""
+        if not self._captured:
+            return {}
+        keys = self._due(step)
+        captured = {key: tensor for key, tensor in self._captured.items() if key in keys}
+        self._captured.clear()  # in place: the hooks hold this dict
+        return captured
+
+    def close(self) -> None:
+        """Remove every hook this capturer registered.  Safe to call twice."""
+        self._remove()
+        self._persistent = False
+        self.active = False
+
+    # -- the probe ------------------------------------------------------------
+
+    def _start_probe(self, keys: set[str]) -> None:
+        # Every requested hook is registered now, before the model's first call (a compiler
+        # compiles then, and sees them), together with the probe on the model itself.
+        probe = self._probe = {"seen": False, "compiling": False}
+
+        def look(module: nn.Module, args: Any) -> None:
+            probe["seen"] = True
+            probe["compiling"] = torch.compiler.is_compiling()
+
+        self._register([r for _, r in self._requests])
+        self._handles.append(self._model.register_forward_pre_hook(look))  # last: popped by _end_probe
+        self.active = bool(keys)
+
+    def _end_probe(self) -> None:
+        probe, self._probe = self._probe, {}
+        self.compiled = probe["compiling"] or not probe["seen"]
+        if probe["compiling"]:
+            self._persistent = True  # the compiled code runs these hooks: they stay
+            self._handles.pop().remove()  # the probe
+            return
+        self._remove()
+        if not probe["seen"] and self._requests:
+            for owner, request in self._requests:
+                warnings.warn(
+                    f"tbhooks: {owner} asked for the {request.kind} of module {request.module!r}, but the model "
+                    f"ran without calling module hooks: it was compiled and called before tbhooks attached "
+                    f"(compiled code ignores hooks added later), or the loop calls model.forward directly. "
+                    f"Attach before the model's first call (or pass Trainer(compile=True)); nothing is captured.",
+                    TbhooksWarning,
+                    stacklevel=4,
+                )
+            self._requests = []
+
+    # -- hooks ----------------------------------------------------------------
+
+    def _register(self, requests: Iterable[Capture]) -> None:
         for request in requests:
-            unique.setdefault(request.key, request)
-        return list(unique.values())
-
-    def due_for_step(self, step: int) -> list[Capture]:
-        """The requests that capture on training step ``step``, one per key (cheap: no tensors touched)."""
-        if not self.requests:
-            return []
-        return self._one_per_key(r for r in self.requests if r.due(step))
-
-    def next_step(self, start: int) -> int:
-        """The first training step from ``start`` on which some request captures
-        (``sys.maxsize`` when none ever does): the core skips every step before it."""
-        steps = [start + (-start) % r.every_n_steps for r in self.requests if r.every_n_steps > 0]
-        return min(steps, default=sys.maxsize)
-
-    def due_for_eval(self) -> list[Capture]:
-        """The requests that capture on evaluation batches, one per key."""
-        return self._one_per_key(r for r in self.requests if r.at_eval)
-
-    @property
-    def attached(self) -> bool:
-        """Whether any hook is registered right now."""
-        return bool(self._handles)
-
-    def attach(self, requests: Iterable[Capture]) -> None:
-        """Register the hooks for ``requests``; a no-op for an empty list."""
-        for request in requests:
+            if request.key in self._keys:
+                continue  # two plugins asking for one tensor share one hook
+            self._keys.append(request.key)
             module = self._modules[request.module]
-            key = request.key
-            if request.kind == "output":
-                self._handles.append(module.register_forward_hook(self._store_output(key)))
-            elif request.kind == "input":
-                self._handles.append(module.register_forward_hook(self._store_input(key)))
-            else:
-                self._handles.append(module.register_full_backward_hook(self._store_grad(key)))
+            self._handles.append(module.register_forward_hook(self._hook(request)))
 
-    def detach(self) -> bool:
-        """Remove every hook this capturer registered; whether there were any.  Safe to call twice."""
-        if not self._handles:
-            return False
+    def _remove(self) -> None:
         handles, self._handles = self._handles, []
         for handle in handles:
             handle.remove()
-        return True
+        self._keys.clear()
 
-    def take(self) -> dict[str, torch.Tensor]:
-        """Return what was captured since the last call and start afresh."""
-        captured, self.captured = self.captured, {}
-        return captured
+    def _hook(self, request: Capture) -> Callable[..., None]:
+        # The closures store detached tensors only: no copy, no device sync.
+        key, kind, store = request.key, request.kind, self._captured
 
-    # The hook closures store detached tensors only: no copy, no device sync.
-    def _store_output(self, key: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            tensor = _first_tensor(output)
-            if tensor is not None:
-                self.captured[key] = tensor.detach()
-
-        return hook
-
-    def _store_input(self, key: str) -> Any:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            tensor = _first_tensor(args)
-            if tensor is not None:
-                self.captured[key] = tensor.detach()
-
-        return hook
-
-    def _store_grad(self, key: str) -> Any:
-        def hook(module: nn.Module, grad_input: Any, grad_output: Any) -> None:
-            tensor = _first_tensor(grad_output)
-            if tensor is not None:
-                self.captured[key] = tensor.detach()
+            if not self.active:
+                return
+            tensor = first_tensor(args if kind == "input" else output)
+            if tensor is None:
+                return
+            if kind != "grad_output":
+                store[key] = tensor.detach()
+            elif tensor.requires_grad:
+                # A hook on the output tensor, not a module backward hook: compiled code
+                # supports the former, and it fires once the output's gradient is known.
+                tensor.register_hook(lambda grad: store.__setitem__(key, grad.detach()))
 
         return hook

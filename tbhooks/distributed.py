@@ -18,6 +18,18 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader, Sampler
 
 
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module plugins see: ``DistributedDataParallel``'s ``module``, and the original module inside
+    ``torch.compile``'s wrapper (an ``OptimizedModule``, whose one child it is)."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule":  # its class lives in a private module of torch
+            model = next(model.children())
+        else:
+            return model
+
+
 def local_gpu_problem() -> str | None:
     """Why this process has no GPU of its own (``cuda:LOCAL_RANK``), or ``None`` when it has one.
 

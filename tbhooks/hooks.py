@@ -20,6 +20,7 @@ from tbhooks.accumulate import LossSum
 from tbhooks.background import Background
 from tbhooks.capture import Capturer
 from tbhooks.checks import check_class_names, check_output_option, check_run_options
+from tbhooks.distributed import unwrap_model
 from tbhooks.errors import Terminated
 from tbhooks.evaluation import EvalState, all_reduce, select_output
 from tbhooks.manager import PluginHost, env_flag, make_plugin_manager
@@ -70,7 +71,6 @@ class Hooks:
     ) -> None:
         from pathlib import Path
 
-        from torch import nn
 
         check_run_options(model, optimizer, flush_secs=flush_secs, start=(start_step, start_epoch), hparams=hparams)
         check_output_option(output)
@@ -80,7 +80,7 @@ class Hooks:
         rank, world_size = distributed_rank()
         # Only the writing rank touches the file system: other ranks never create directories.
         path = check_logdir(logdir) if rank == 0 else Path(logdir)
-        self.model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        self.model = unwrap_model(model)
         self.output = output
         self.epochs = epochs
         self.step = start_step
@@ -109,7 +109,6 @@ class Hooks:
         self._losses = LossSum()
         self._capturer = Capturer(self.model)
         self._schedule = Schedule(pm)
-        self._next_capture = 0  # no capture request is due before this step
         self._eval: EvalState | None = None
         self._started = self._closed = False
         # Every module's own flag, so a BatchNorm the user froze in eval mode stays frozen.
@@ -164,9 +163,15 @@ class Hooks:
         self._started = True
         self._sigterm.install()
         self._host.hook.on_fit_start(run=self.run, epochs=self.epochs)
-        requests: list[Any] = []
-        for result in self._host.hook.on_capture_request(run=self.run):
-            requests.extend(result)
+        # Each plugin asked on its own (pluggy's subset callers), so a request keeps its owner's name.
+        pm, requests = self._host.pm, []
+        impls = pm.hook.on_capture_request.get_hookimpls()
+        if not impls:
+            pm.hook.on_capture_request(run=self.run)  # raised all the same: the lifecycle is the contract
+        for impl in impls:
+            others = [other.plugin for other in impls if other is not impl]
+            for result in pm.subset_hook_caller("on_capture_request", others)(run=self.run):
+                requests += [(impl.plugin_name, request) for request in result]
         self._capturer.set_requests(requests)
         self._schedule.refresh()
 
@@ -186,10 +191,7 @@ class Hooks:
         Call it before the forward pass; without it, plugins that asked for
         activations or gradients get nothing on training steps.
         """
-        step = self.step + 1
-        if step >= self._next_capture:
-            self._capturer.attach(self._capturer.due_for_step(step))
-            self._next_capture = self._capturer.next_step(step + 1)
+        self._capturer.start_step(self.step + 1)
 
     def batch_end(self, inputs: Any, targets: Any, outputs: Any, loss: torch.Tensor | None = None) -> None:
         """Fire ``on_batch_end`` for the batch just trained, for the plugins due at this step.
@@ -203,7 +205,8 @@ class Hooks:
         self.run.step = step
         if loss is not None:
             self._losses.add(loss.detach())
-        captured = self._capturer.take() if self._capturer.detach() else {}
+        captured = self._capturer.end_step(step)
+        self.run.compiled = self._capturer.compiled
         if self._schedule.faults != len(self._host.faults):
             self._schedule.refresh(len(self._host.faults))
         caller = self._schedule.caller(step)
@@ -242,10 +245,9 @@ class Hooks:
     def eval_start(self) -> None:
         """Fire ``on_eval_start`` and register the module hooks plugins want during evaluation."""
         self.fit_start()
-        self._capturer.detach()
         self._eval = EvalState()
         self._host.hook.on_eval_start(run=self.run, step=self.step, epoch=self.epoch)
-        self._capturer.attach(self._capturer.due_for_eval())
+        self._capturer.start_step(None)
 
     def eval_batch(self, inputs: Any, targets: Any, outputs: Any, loss: torch.Tensor | None = None) -> None:
         """Fire ``on_eval_batch_end``; call it after the forward pass of each evaluation batch."""
@@ -263,7 +265,7 @@ class Hooks:
             targets=targets,
             outputs=prediction,
             loss=None if loss is None else loss.detach(),
-            captured=self._capturer.take(),
+            captured=self._capturer.take(None),
         )
 
     def eval_end(self) -> dict[str, float]:
@@ -271,7 +273,8 @@ class Hooks:
 
         Returns the metrics (``loss`` and, for classification, ``accuracy``).
         """
-        self._capturer.detach()
+        self._capturer.end_step(None)
+        self.run.compiled = self._capturer.compiled
         state, self._eval = self._eval, None
         if state is None:
             raise RuntimeError("eval_end() called before eval_start()")
@@ -297,7 +300,7 @@ class Hooks:
         if self._closed:
             return
         try:
-            self._capturer.detach()
+            self._capturer.close()
             self._host.hook.on_exception(run=self.run, step=self.step, epoch=self.epoch, exception=exc)
         finally:
             self.close()
@@ -319,7 +322,7 @@ class Hooks:
         self._closed = True
         close_at_exit.discard(self)
         try:
-            self._capturer.detach()
+            self._capturer.close()
             for module, training in self._modes:
                 module.training = training
             self._background.drain()

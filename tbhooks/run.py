@@ -51,9 +51,9 @@ class Run:
     """Everything a plugin is handed about the run in progress.
 
     Attributes: ``writer``, ``logdir``, ``model`` (unwrapped from
-    DistributedDataParallel), ``optimizer`` (or ``None``), ``class_names``
-    (or ``None``), ``hparams``, ``rank``, ``world_size``, ``is_writer``,
-    ``step``, ``epoch``, ``device``.  Helpers: :meth:`submit`,
+    DistributedDataParallel and ``torch.compile``), ``compiled``,
+    ``optimizer`` (or ``None``), ``class_names`` (or ``None``), ``hparams``,
+    ``rank``, ``world_size``, ``is_writer``, ``step``, ``epoch``, ``device``.  Helpers: :meth:`submit`,
     :meth:`render_image`, :meth:`start_render_worker`, :meth:`gather`,
     :meth:`class_scores`, :meth:`request_stop`, :meth:`check_finite`,
     :meth:`warn_once`, :meth:`info_once`, :meth:`tag`.
@@ -83,6 +83,8 @@ class Run:
         self.world_size = world_size
         self.step = 0
         self.epoch = 0
+        self.compiled: bool | None = None
+        """Whether the model runs compiled code (``torch.compile``); known after its first forward pass."""
         self.stop_reason: str | None = None
         self.stop_on_nonfinite = False
         self._said: set[str] = set()

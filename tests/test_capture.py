@@ -86,14 +86,38 @@ def test_hooks_removed_and_mode_restored_after_an_exception(tmp_path):
     assert model.training
 
 
+def one_step(hooks, model):
+    x = torch.zeros(2, 6)
+    hooks.batch_start()
+    hooks.batch_end(x, torch.zeros(2, dtype=torch.long), model(x))
+
+
+def test_the_first_forward_pass_probes_with_every_hook_then_only_due_steps_have_them(tmp_path):
+    model = mlp()
+    hooks = tbhooks.attach(model, logdir=tmp_path, plugins=[Wants()], disable=QUIET, autoload=False)
+    before = hook_counts(model)
+    with hooks:
+        hooks.batch_start()
+        # The run's first forward: every requested hook (two on module 2, one on 0) and the probe.
+        assert hook_counts(model) == [(0, 1, 0, 0), (1, 0, 0, 0), (0, 0, 0, 0), (2, 0, 0, 0)]
+        model(torch.zeros(2, 6))
+        hooks.batch_end(None, None, torch.zeros(2, 3))
+        assert hook_counts(model) == before and hooks.run.compiled is False  # eager: all removed
+        one_step(hooks, model)  # step 2: nothing due
+        hooks.batch_start()  # step 3: the two training requests
+        assert hook_counts(model) == [(0, 0, 0, 0), (1, 0, 0, 0), (0, 0, 0, 0), (1, 0, 0, 0)]
+    assert hook_counts(model) == before
+
+
 def test_hooks_removed_when_a_custom_loop_closes_mid_step(tmp_path):
     model = mlp()
     model.eval()  # the user's mode is restored, whatever it was
     hooks = tbhooks.attach(model, logdir=tmp_path, plugins=[Wants()], disable=QUIET, autoload=False)
     before = hook_counts(model)
     hooks.fit_start()
-    hooks.step = 2  # the next step is a capture step
-    hooks.batch_start()
+    one_step(hooks, model)  # the first forward pass: the probe
+    one_step(hooks, model)
+    hooks.batch_start()  # step 3 is a capture step
     assert sum(map(sum, hook_counts(model))) == 2
     model.train()
     hooks.close()
@@ -107,6 +131,7 @@ def test_hooks_removed_during_eval_exception(tmp_path):
     hooks = tbhooks.attach(model, logdir=tmp_path, plugins=[Wants()], disable=QUIET, autoload=False)
     before = hook_counts(model)
     with pytest.raises(KeyboardInterrupt), hooks:
+        one_step(hooks, model)  # the first forward pass: the probe
         hooks.eval_start()
         assert sum(map(sum, hook_counts(model))) == 2
         raise KeyboardInterrupt
@@ -135,6 +160,8 @@ def test_two_runs_in_one_process_share_no_module_hook(tmp_path):
     first = tbhooks.attach(shared_model, logdir=tmp_path / "a", plugins=[Wants()], disable=QUIET, autoload=False)
     second = tbhooks.attach(shared_model, logdir=tmp_path / "b", disable=QUIET, autoload=False)
     with first, second:
+        one_step(first, shared_model)  # the first forward pass of each: the probes
+        one_step(second, shared_model)
         first.step = second.step = 2
         second.batch_start()  # second asked for nothing: registers nothing
         assert sum(map(sum, hook_counts(shared_model))) == 0
@@ -182,7 +209,8 @@ def test_two_plugins_asking_for_one_tensor_keep_their_own_schedules(tmp_path):
     # The captured dict is shared by every plugin of the step: both see the tensor on steps 2, 3, 4 and 6.
     assert every_two.steps == every_three.steps == [2, 3, 4, 6]
     assert at_eval.evals == 1
-    assert seen_hooks == [0, 1, 1, 1, 0, 1, 1], "one hook per due step, never two for one tensor"
+    # Step 1 is the probe (every requested hook, shared); then one hook per due step, never two for one tensor.
+    assert seen_hooks == [1, 1, 1, 1, 0, 1, 1]
 
 
 def test_frozen_submodules_stay_frozen_after_fit(tmp_path):
