@@ -12,8 +12,11 @@ user's ``__main__`` script again in the child, which runs a training script
 without an ``if __name__ == "__main__"`` guard a second time.  Running the
 file (not ``-m tbhooks.render``) keeps torch out of the worker: importing the
 ``tbhooks`` package imports torch.  The worker gets a session of its own, so
-Ctrl-C in a terminal reaches the training process only, and it exits when
-its connection closes (the run closed, or the training process died).
+Ctrl-C in a terminal reaches the training process only.  It exits when the
+run closes (an empty message: processes forked from the training process, such
+as DataLoader workers, hold copies of the connection, so its end may never be
+seen), when its connection closes, or when the training process is gone, even
+in the middle of a drawing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from multiprocessing.connection import Connection, Pipe
 from typing import TYPE_CHECKING, Any
@@ -44,7 +48,12 @@ class RenderError(RuntimeError):
 
 
 def render_png(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, int, int]:
-    """Call ``fn(*args, **kwargs)`` and save the ``Figure`` it returns as PNG: ``(png, width, height)``."""
+    """Call ``fn(*args, **kwargs)`` and save the ``Figure`` it returns as PNG: ``(png, width, height)``.
+
+    The canvas is written as drawn (``print_png``), not through ``savefig``,
+    whose ``savefig.*`` settings in a user's matplotlibrc (dpi, tight bbox,
+    transparency) would change the PNG's size and colours.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -53,7 +62,7 @@ def render_png(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
         raise TypeError(f"the drawing function returned a {type(figure).__name__}; expected a matplotlib Figure")
     canvas = FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    canvas.print_png(buffer)
     width, height = canvas.get_width_height()
     return buffer.getvalue(), width, height
 
@@ -121,7 +130,7 @@ class Renderer:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         try:
             self._process = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), str(theirs.fileno())],
+                [sys.executable, os.path.abspath(__file__), str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=env,
@@ -133,8 +142,11 @@ class Renderer:
             return
         finally:
             theirs.close()
-        ours.send((list(sys.path), list(self._preload)))
         self._connection = ours
+        try:
+            ours.send((list(sys.path), list(self._preload)))
+        except OSError:  # a worker that died at once is reported by the first request
+            pass
 
     def submit(
         self, owner: object, tag: str, step: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -146,7 +158,10 @@ class Renderer:
     def _draw(self, tag: str, step: int, payload: bytes) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        png, width, height = self._render(payload)
+        try:
+            png, width, height = self._render(payload)
+        except RenderError as exc:
+            raise RenderError(f"render_image({tag!r}, step={step}): {exc}") from None
         image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
         # SummaryWriter has no method that takes an encoded PNG: add_image would decode nothing but
         # encode the pixels again.  The summary goes through the writer's public file writer.
@@ -185,8 +200,13 @@ class Renderer:
             self._process = self._connection = None
 
     def close(self, timeout: float = 5.0) -> None:
-        """Let the worker exit (its connection closes) and reap it; kill it after ``timeout`` seconds."""
-        process = self._process
+        """Ask the worker to exit and reap it; kill it after ``timeout`` seconds."""
+        process, connection = self._process, self._connection
+        if connection is not None:
+            try:
+                connection.send_bytes(b"")
+            except OSError:  # already gone
+                pass
         self._forget()
         if process is not None:
             try:
@@ -208,14 +228,26 @@ def _answer(payload: bytes) -> tuple[Any, ...]:
         return ("error", traceback.format_exc())
 
 
+def _exit_with(parent: int) -> None:
+    """End this process once process ``parent`` is gone (this one then has another parent)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
 def worker_main(argv: list[str]) -> int:
-    """Serve drawing requests on the connection whose descriptor is ``argv[0]`` until it closes."""
+    """Serve drawing requests on the connection whose descriptor is ``argv[0]`` until the run ends.
+
+    ``argv[1]`` is the training process's id: a thread ends the worker when
+    that process is gone, even while a drawing never returns.
+    """
     import importlib
 
     try:
         os.nice(10)  # where cores are short, the training process gets them first
     except OSError:
         pass
+    threading.Thread(target=_exit_with, args=(int(argv[1]),), daemon=True).start()
     connection = Connection(int(argv[0]))
     try:
         path, preload = connection.recv()
@@ -227,10 +259,11 @@ def worker_main(argv: list[str]) -> int:
                     warm_up()
             except Exception:  # the real request reports what is wrong
                 pass
-        while True:
-            connection.send(_answer(connection.recv_bytes()))
+        while payload := connection.recv_bytes():  # empty: the run is closing
+            connection.send(_answer(payload))
     except (EOFError, OSError):  # the training process closed the connection or is gone
-        return 0
+        pass
+    return 0
 
 
 if __name__ == "__main__":

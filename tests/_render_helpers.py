@@ -1,118 +1,143 @@
-"""Drawing functions for ``test_render_worker.py``: they run in the render worker process, which
-imports them by module and name, so they live in an importable module (not in the test file)."""
+"""Drawing functions for ``test_render.py``.
+
+The render worker imports them by module and name, so they live in an
+importable module (``tests/`` is on ``sys.path``, and the worker gets the
+training process's ``sys.path``).  This module imports neither torch nor
+tbhooks at import time: the worker must not.  Run as a script it is a
+training process (:func:`_child_run`), for the signal tests.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+
+WARM_UP_ENV = "TBHOOKS_TEST_WARM_UP"
+"""Where :func:`tbhooks_warm_up` reports the process it ran in (a path; unset: it does nothing)."""
 
 
-def gradient(height: int, width: int, channels: int, offset: int) -> np.ndarray:
-    """``pixel[y, x, c] = (offset + 7y + 3x + 50c) % 256``, uint8 ``[H, W, C]`` (or ``[H, W]`` for 0 channels)."""
-    y, x, c = np.meshgrid(np.arange(height), np.arange(width), np.arange(max(channels, 1)), indexing="ij")
-    pixels = ((offset + 7 * y + 3 * x + 50 * c) % 256).astype(np.uint8)
-    return pixels[:, :, 0] if channels == 0 else pixels
+def solid(colour: str, width: int = 30, height: int = 20, dpi: int = 10) -> Figure:
+    """A ``width`` x ``height`` pixel figure of one colour (``"#rrggbb"``)."""
+    return Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor=colour)
 
 
-def pid_image(height: int = 2, width: int = 3, pause: float = 0.0) -> np.ndarray:
-    """The first row's pixels hold the drawing process's id, the others its parent's: R, G, B = bytes 2, 1, 0.
-
-    (The worker draws, or its second drawing process, whose parent is the worker.)  After ``pause`` seconds.
-    """
-    time.sleep(pause)
-    pixels = np.zeros((height, width, 3), dtype=np.uint8)
-    for rows, pid in ((slice(0, 1), os.getpid()), (slice(1, None), os.getppid())):
-        pixels[rows] = [(pid >> 16) & 255, (pid >> 8) & 255, pid & 255]
-    return pixels
+def pixels(array: np.ndarray, dpi: int = 10) -> Figure:
+    """A figure exactly the size of ``array`` (``uint8 [H, W, 3]``) showing its pixels, top row first."""
+    height, width = array.shape[:2]
+    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
+    figure.figimage(array, xo=0, yo=0, origin="upper")
+    return figure
 
 
-def age_image() -> np.ndarray:
-    """A 3x1 image: how long ago, in ms, the drawing process was created (Linux: ``/proc``), its id and its
-    parent's, each as R, G, B = bytes 2, 1, 0.  A process forked for the request is a few ms old."""
-    with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
-        started = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: the start, in clock ticks
-        now = float(uptime.read().split()[0])
-    age = max(0, round((now - started / os.sysconf("SC_CLK_TCK")) * 1000))
-    values = (age, os.getpid(), os.getppid())
-    return np.array([[[(v >> 16) & 255, (v >> 8) & 255, v & 255]] for v in values], dtype=np.uint8)
+def _write_json(path: str, data: dict[str, object]) -> None:
+    """Write ``data`` to ``path`` whole (a reader polling for ``path`` never sees half of it)."""
+    partial = Path(f"{path}.partial")
+    partial.write_text(json.dumps(data))
+    partial.replace(path)
 
 
-def flat(value: int, pause: float = 0.0) -> np.ndarray:
-    """A 2x2 RGB image of one grey ``value``, after ``pause`` seconds."""
-    time.sleep(pause)
-    return np.full((2, 2, 3), value, dtype=np.uint8)
+def process_facts() -> dict[str, object]:
+    """The process that calls it: its id, its parent's, its session, and which heavy packages it imported."""
+    return {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "sid": os.getsid(0),
+        "torch": "torch" in sys.modules,
+        "tbhooks": "tbhooks" in sys.modules,
+    }
 
 
-def noisy(value: int) -> np.ndarray:
-    """Prints to stdout (the worker's protocol pipe, were it not redirected) before drawing."""
-    print("noise on stdout from a drawing function", flush=True)
-    return flat(value)
+def report(path: str, colour: str = "#ffffff") -> Figure:
+    """Write :func:`process_facts` to ``path``, then draw a solid figure."""
+    _write_json(path, process_facts())
+    return solid(colour)
 
 
-def count(path: str, pause: float = 0.0) -> np.ndarray:
-    """Appends a line with the drawing process's id and its parent's to ``path``, after ``pause`` seconds."""
-    time.sleep(pause)
-    with open(path, "a") as file:
-        file.write(f"{os.getpid()} {os.getppid()}\n")
-    return flat(1)
+def slow(seconds: float, colour: str) -> Figure:
+    """A solid figure that takes ``seconds`` to draw."""
+    time.sleep(seconds)
+    return solid(colour)
 
 
-def mark(path: str) -> np.ndarray:
-    """Writes the drawing process's id and its parent's to ``path.<pid>``; draws a flat image."""
-    with open(f"{path}.{os.getpid()}", "w") as file:
-        file.write(f"{os.getpid()} {os.getppid()}")
-    return flat(1)
+def gated(gate: str, started: str | None = None, colour: str = "#00ff00", limit: float = 60.0) -> Figure:
+    """Write :func:`process_facts` to ``started``, then wait (``limit`` seconds at most) until ``gate`` exists."""
+    if started is not None:
+        _write_json(started, process_facts())
+    deadline = time.monotonic() + limit
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return solid(colour)
 
 
-def exit_process(status: int) -> np.ndarray:
-    """Ends the drawing process at once (no answer, no cleanup)."""
-    os._exit(status)
-
-
-def fail(message: str) -> np.ndarray:
+def fail(message: str) -> Figure:
     raise OSError(message)
 
 
-def floats() -> np.ndarray:
-    """Returns floats, not the uint8 pixels the worker expects."""
-    return np.zeros((2, 2, 3), dtype=np.float32)
+def not_a_figure() -> str:
+    return "a string, not a Figure"
 
 
-def torch_loaded() -> np.ndarray:
-    """White when the drawing process has imported torch, black when not."""
-    import sys
+def tbhooks_warm_up() -> None:
+    """Called by the worker when it preloads this module: reports the process to ``$TBHOOKS_TEST_WARM_UP``."""
+    path = os.environ.get(WARM_UP_ENV)
+    if path:
+        _write_json(path, process_facts())
 
-    return flat(255 if "torch" in sys.modules else 0)
+
+def wait_for_json(path: str | os.PathLike[str], limit: float = 60.0) -> dict[str, object]:
+    """The JSON object at ``path`` once it exists (``TimeoutError`` after ``limit`` seconds)."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {limit} s")
+        time.sleep(0.01)
+    return json.loads(Path(path).read_text())
 
 
-def _child_run(logdir: str, pause: float) -> None:
-    """A run that asks for two images (the first takes ``pause`` seconds), reports its worker's pid,
-    then 'trains' until Ctrl-C."""
-    import sys
-
+def _child_run(workdir: str) -> None:
+    """A training process: one run whose drawing waits for ``workdir/gate`` and, for ``kill``, a second
+    run whose worker is idle.  Prints the workers' pids (one line), then 'trains' until a signal."""
     import torch
-    from _render_helpers import flat  # by module name: the worker cannot import this script's __main__
+    from _render_helpers import gated  # by module name: the worker cannot import this script's __main__
 
     import tbhooks
     from tbhooks.manager import BUILTIN_PLUGINS
 
-    with tbhooks.attach(torch.nn.Linear(2, 2), logdir=logdir, disable=BUILTIN_PLUGINS, autoload=False) as hooks:
-        hooks.run.render_image("slow", 1, flat, 11, pause=pause)
-        hooks.run.render_image("slow", 2, flat, 22)
-        renderer = hooks.run._render
-        renderer._worker.started.wait(60)
-        print(renderer.pid, flush=True)
+    class Announce:
+        """Prints a line when the run ends by an exception (before the run's close waits for the drawing)."""
+
+        name = "announce"
+
+        @tbhooks.hookimpl
+        def on_exception(self, exception: BaseException) -> None:
+            print("interrupted", type(exception).__name__, flush=True)
+
+    work = Path(workdir)
+    announce = Announce()
+    options = {"disable": list(BUILTIN_PLUGINS), "autoload": False}
+    with (
+        tbhooks.attach(torch.nn.Linear(2, 2), logdir=work / "drawing", plugins=[announce], **options) as drawing,
+        tbhooks.attach(torch.nn.Linear(2, 2), logdir=work / "idle", **options) as idle,
+    ):
+        drawing.run.render_image(announce, "gated", 1, gated, str(work / "gate"), str(work / "started"))
+        os.environ[WARM_UP_ENV] = str(work / "warmed")
+        idle.run.start_render_worker("_render_helpers")
+        pids = [wait_for_json(work / name)["pid"] for name in ("started", "warmed")]
+        print(*pids, flush=True)
         sys.stdin.readline()  # blocks until the test's signal (or the end of stdin)
         time.sleep(60)
 
 
 if __name__ == "__main__":
     import signal
-    import sys
 
     # Ctrl-C as in a terminal, whatever the parent left: a shell's background job starts its children
     # with SIGINT ignored, and Python then installs no KeyboardInterrupt handler (the test would hang).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    _child_run(sys.argv[1], float(sys.argv[2]))
+    _child_run(sys.argv[1])

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 
-def record_pid(path: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Write the ids of the process that draws and of its parent to ``path``, then draw with ``fn``.
+def record_process(path: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Write facts about the process that draws to ``path`` (JSON), then draw with ``fn``.
 
-    (The render worker draws, or its fork, whose parent is the worker.)"""
-    Path(path).write_text(f"{os.getpid()} {os.getppid()}")
+    Recorded before ``fn`` runs: whether ``tbhooks_figures.render`` was
+    already imported shows that the worker preloaded it.
+    """
+    facts = {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "torch": "torch" in sys.modules,
+        "preloaded": "tbhooks_figures.render" in sys.modules,
+    }
+    Path(path).write_text(json.dumps(facts))
     return fn(*args, **kwargs)

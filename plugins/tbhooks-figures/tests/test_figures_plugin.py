@@ -1,10 +1,11 @@
-"""The figures plugin in real runs: found through its installed entry point, figures written,
-read back with TensorBoard's EventAccumulator and compared pixel for pixel with figures drawn
-from values this test computes itself."""
+"""The figures plugin in real runs: found through its installed entry point, figures drawn in the
+render worker, read back with TensorBoard's EventAccumulator and compared pixel for pixel with the
+same figures drawn here from values this test computes itself."""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 from importlib.metadata import entry_points
@@ -15,12 +16,13 @@ import pytest
 import torch
 from PIL import Image
 from tbhooks_figures.plugin import CONFUSION_TAG, PREDICTIONS_TAG, Figures
-from tbhooks_figures.render import render_confusion_matrix, render_predictions
+from tbhooks_figures.render import confusion_matrix_figure, predictions_figure
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import tbhooks
 from tbhooks.manager import BUILTIN_PLUGINS
+from tbhooks.render import render_png
 from tbhooks.testing import read_events
 
 NAMES = ["cat", "dog", "bird"]
@@ -76,6 +78,20 @@ def decode(event) -> np.ndarray:
     image = Image.open(io.BytesIO(event.encoded_image_string))
     assert (image.width, image.height) == (event.width, event.height)
     return np.asarray(image.convert("RGB"))
+
+
+def drawn_here(fn, *args, **kwargs) -> np.ndarray:
+    """The RGB pixels of ``fn(*args, **kwargs)`` saved as the render worker saves it, in this process."""
+    data, _, _ = render_png(fn, args, kwargs)
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def render_confusion_matrix(counts, names, dpi=100) -> np.ndarray:
+    return drawn_here(confusion_matrix_figure, counts, names, dpi=dpi)
+
+
+def render_predictions(images, titles, dpi=100) -> np.ndarray:
+    return drawn_here(predictions_figure, images, titles, dpi=dpi)
 
 
 def eval_logits(model: nn.Module, test: TensorDataset) -> torch.Tensor:
@@ -204,79 +220,32 @@ def test_every_n_evals_and_class_indices_when_names_do_not_match(tmp_path, caplo
     assert len(notes) == 1
 
 
-def test_rendering_runs_in_the_render_worker_process(tmp_path, monkeypatch):
-    # Every drawing the plugin asks for is wrapped so that the process that draws it leaves
-    # its pid in a file named after the tag; the plugin's own function still draws the image.
-    drawn_by = tmp_path / "pids"
-    drawn_by.mkdir()
+def test_figures_are_drawn_in_the_render_worker_that_fit_start_preloaded(tmp_path, monkeypatch):
+    # Every drawing the plugin asks for is wrapped so that the process that draws it records itself in
+    # a file named after the tag; the plugin's own function still draws the image.
+    facts = tmp_path / "facts"
+    facts.mkdir()
     render_image = tbhooks.Run.render_image
 
-    def recording(self, tag, step, fn, /, *args, **kwargs):
-        path = drawn_by / tag.replace("/", "_")
-        render_image(self, tag, step, _figures_helpers.record_pid, str(path), fn, *args, **kwargs)
+    def recording(self, plugin, tag, step, fn, /, *args, **kwargs):
+        path = facts / tag.replace("/", "_")
+        render_image(self, plugin, tag, step, _figures_helpers.record_process, str(path), fn, *args, **kwargs)
 
     monkeypatch.setattr(tbhooks.Run, "render_image", recording)
     logdir = tmp_path / "run"
     fit(logdir, epochs=1, plugin=Figures(num_images=2))
-    pids = {path.name: worker_of(path) for path in drawn_by.iterdir()}
-    assert set(pids) == {CONFUSION_TAG.replace("/", "_"), PREDICTIONS_TAG.replace("/", "_")}
-    assert os.getpid() not in pids.values()  # drawn in another process
-    assert len(set(pids.values())) == 1  # the run's one worker (or its fork) drew both
+    drawn = {path.name: json.loads(path.read_text()) for path in facts.iterdir()}
+    assert set(drawn) == {CONFUSION_TAG.replace("/", "_"), PREDICTIONS_TAG.replace("/", "_")}
+    (worker,) = {fact["pid"] for fact in drawn.values()}  # the run's one worker drew both
+    assert worker != os.getpid()
+    for fact in drawn.values():
+        assert fact["ppid"] == os.getpid()  # a child of the training process
+        assert fact["torch"] is False  # the worker side never imports torch
+        assert fact["preloaded"] is True  # on_fit_start had the worker import the figure builders
     images = read_events(logdir).images
     assert {tag: [event.step for event in events] for tag, events in images.items()} == {
         CONFUSION_TAG: [TRAIN_BATCHES],
         PREDICTIONS_TAG: [TRAIN_BATCHES],
-    }
-
-
-def worker_of(path):
-    """The render worker that drew (a record_pid file): the drawing process, or its parent for the worker's fork."""
-    pid, parent = (int(n) for n in path.read_text().split())
-    return pid if parent == os.getpid() else parent
-
-
-def test_fit_start_warms_the_worker_up_with_this_runs_layouts_and_writes_nothing(tmp_path, monkeypatch):
-    # Warm-ups and drawings alike leave the drawing process's pid in a file; warm-ups are also listed here.
-    drawn_by = tmp_path / "pids"
-    drawn_by.mkdir()
-    warmed = []
-    render_image, warm_up_render = tbhooks.Run.render_image, tbhooks.Run.warm_up_render
-
-    def drawing(self, tag, step, fn, /, *args, **kwargs):
-        path = drawn_by / tag.replace("/", "_")
-        render_image(self, tag, step, _figures_helpers.record_pid, str(path), fn, *args, **kwargs)
-
-    def warming(self, fn, /, *args, **kwargs):
-        warmed.append((fn.__name__, args))
-        warm_up_render(self, _figures_helpers.record_pid, str(drawn_by / f"warm_{fn.__name__}"), fn, *args, **kwargs)
-
-    monkeypatch.setattr(tbhooks.Run, "render_image", drawing)
-    monkeypatch.setattr(tbhooks.Run, "warm_up_render", warming)
-    logdir = tmp_path / "run"
-    fit(logdir, epochs=1, plugin=Figures(num_images=2))
-    # The matrix with the run's class names; the predictions at this plugin's size (2 images, not the
-    # default 8 that the worker's own warm-up draws), with every "(label: ...)" line in both colours.
-    assert [name for name, _ in warmed] == ["draw_confusion_matrix"] + ["draw_predictions"] * 3
-    counts, names, dpi = warmed[0][1]
-    assert names == NAMES and counts.shape == (len(NAMES), len(NAMES)) and not counts.any() and dpi == 100
-    lines = set()
-    for _, (images, titles, dpi) in warmed[1:]:
-        assert images.shape[0] == len(titles) == 2 and dpi == 100
-        lines |= {(text.split("\n")[1], colour) for text, colour in titles}
-    assert lines == {(f"(label: {name})", colour) for name in NAMES for colour in ("green", "red")}
-    pids = {path.name: worker_of(path) for path in drawn_by.iterdir()}
-    assert set(pids) == {
-        "warm_draw_confusion_matrix",
-        "warm_draw_predictions",
-        CONFUSION_TAG.replace("/", "_"),
-        PREDICTIONS_TAG.replace("/", "_"),
-    }
-    # All in the run's one worker (or its fork).
-    assert len(set(pids.values())) == 1 and os.getpid() not in pids.values()
-    # The warm-ups' images are dropped: only the evaluation's two figures are in the log.
-    assert {tag: len(events) for tag, events in read_events(logdir).images.items()} == {
-        CONFUSION_TAG: 1,
-        PREDICTIONS_TAG: 1,
     }
 
 
