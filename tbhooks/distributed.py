@@ -81,6 +81,30 @@ def init_process_group(device: torch.device) -> bool:
     return True
 
 
+def is_fsdp(model: torch.nn.Module) -> bool:
+    """Whether ``model`` was sharded with FSDP2's ``fully_shard`` (it must not be wrapped in DDP again)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def shard_fsdp(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Shard ``model`` with FSDP2, each top-level child and then the root, and return the optimizer
+    rebuilt over the sharded parameters (``fully_shard`` replaces them): same class, same groups."""
+    from torch.distributed.fsdp import fully_shard
+
+    names = {id(p): name for name, p in model.named_parameters()}
+    groups = [{**group, "params": [names[id(p)] for p in group["params"]]} for group in optimizer.param_groups]
+    for child in model.children():
+        if any(True for _ in child.parameters()):
+            fully_shard(child)
+    fully_shard(model)
+    sharded = dict(model.named_parameters())
+    return type(optimizer)([{**group, "params": [sharded[n] for n in group["params"]]} for group in groups])
+
+
 class ShardSampler(torch.utils.data.Sampler[int]):
     """Every ``world_size``-th index from ``rank``, without the padding ``DistributedSampler`` adds."""
 

@@ -9,6 +9,8 @@ data write the same tags at the same steps.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,8 +21,7 @@ from tbhooks.evaluation import select_output
 from tbhooks.hooks import Hooks
 
 if TYPE_CHECKING:
-    import os
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable
 
 
 def move_to(obj: Any, device: torch.device) -> Any:
@@ -56,6 +57,18 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
     )
 
 
+PRECISIONS = ("32", "bf16", "16")
+
+
+def check_precision(precision: object, device: torch.device) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS` that ``device`` can run, else a ``ValueError``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision expects '32', 'bf16' or '16', got {precision!r}")
+    if precision != "32" and not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"precision={precision!r}: {device.type} has no autocast; use precision='32'")
+    return str(precision)
+
+
 class Trainer:
     """Train and evaluate any ``nn.Module`` with tbhooks' plugins listening.
 
@@ -67,14 +80,23 @@ class Trainer:
     :param device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``,
         ``"cuda:N"`` or a ``torch.device``.
     :param progress: show a tqdm bar; ``None`` shows it only on a terminal.
+    :param precision: ``"32"`` (default), ``"bf16"`` (bfloat16 autocast) or
+        ``"16"`` (float16 autocast with a ``torch.amp.GradScaler``; plugins see
+        the unscaled loss and, on the steps they log, unscaled gradients).
+    :param compile: ``True`` (or a dict of ``torch.compile`` arguments)
+        compiles the model in place after moving it.
+    :param strategy: ``None`` (DDP under torchrun, unless the model is already
+        sharded with FSDP2's ``fully_shard``) or ``"fsdp"``: shard each
+        top-level child and the root with ``fully_shard`` and rebuild the
+        optimizer over the sharded parameters (same class and groups).
     :param options: passed to :func:`tbhooks.attach` (``plugins``,
         ``disable``, ``class_names``, ``hparams``, ``output``, ``strict``,
         ``flush_secs``, ``stop_on_nonfinite``, ``measure_overhead``, ...).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the trainer initialises
     ``torch.distributed`` if needed (NCCL on CUDA, gloo on the CPU), wraps the
-    model in ``DistributedDataParallel`` and shards the loaders; only rank 0
-    writes.
+    model in ``DistributedDataParallel`` (or shards it) and shards the
+    loaders; only rank 0 writes.
     """
 
     def __init__(
@@ -86,6 +108,9 @@ class Trainer:
         logdir: str | os.PathLike[str] = "runs/tbhooks",
         device: str | torch.device = "auto",
         progress: bool | None = None,
+        precision: str = "32",
+        compile: bool | Mapping[str, Any] = False,
+        strategy: str | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -97,8 +122,24 @@ class Trainer:
         if progress is not None and not isinstance(progress, bool):
             raise TypeError(f"progress expects True, False or None, got {type(progress).__name__}")
         self.device = distributed.resolve_device(device)
+        self.precision = check_precision(precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "16" else None
         self.model = model.to(self.device)
         self.optimizer = optimizer
+        if strategy not in (None, "fsdp"):
+            raise ValueError(f"strategy expects None or 'fsdp', got {strategy!r}")
+        if strategy == "fsdp":
+            if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not torch.distributed.is_initialized():
+                raise ValueError(
+                    "strategy='fsdp' expects a distributed run (torchrun with WORLD_SIZE > 1, or an initialised "
+                    "torch.distributed); this is a single process"
+                )
+            distributed.init_process_group(self.device)  # kept for the sharded model's lifetime
+            self.optimizer = distributed.shard_fsdp(self.model, optimizer)
+        if compile:
+            if not callable(getattr(torch, "compile", None)):
+                raise ValueError(f"compile=True expects torch.compile (torch 2.0 or newer), not {torch.__version__}")
+            self.model.compile(**(dict(compile) if isinstance(compile, Mapping) else {}))
         self.loss_fn = loss_fn
         self.logdir = logdir
         self.progress = progress
@@ -189,8 +230,9 @@ class Trainer:
             sampler = None
             if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
                 rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-                device_ids = [self.device.index] if self.device.type == "cuda" else None
-                model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+                if not distributed.is_fsdp(self.model):
+                    device_ids = [self.device.index] if self.device.type == "cuda" else None
+                    model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
                 train_loader, sampler = distributed.shard_train(train_loader, rank, world_size)
                 if eval_loader is not None:
                     eval_loader = distributed.shard_eval(eval_loader, rank, world_size)
@@ -207,6 +249,10 @@ class Trainer:
         finally:
             if owns_group:
                 torch.distributed.destroy_process_group()
+
+    def _autocast(self) -> torch.autocast:
+        dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _batches(self, loader: Iterable[Any], hooks: Hooks) -> Iterable[Any]:
         if self.progress is False or not hooks.run.is_writer:
@@ -230,10 +276,18 @@ class Trainer:
                 # The tutorial's order: the previous step's gradients are freed before the
                 # forward pass allocates this step's activations (a lower peak of memory).
                 self.optimizer.zero_grad(set_to_none=True)
-                outputs = call_model(model, inputs)
-                loss = self.loss_fn(select_output(outputs, self.output), targets)
-                loss.backward()
-                self.optimizer.step()
+                with self._autocast():
+                    outputs = call_model(model, inputs)
+                    loss = self.loss_fn(select_output(outputs, self.output), targets)
+                if self.scaler is None:
+                    loss.backward()
+                    self.optimizer.step()
+                else:
+                    self.scaler.scale(loss).backward()
+                    if hooks.due():  # plugins read p.grad: unscaled, on the steps they log only
+                        self.scaler.unscale_(self.optimizer)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
                 hooks.batch_end(inputs, targets, outputs, loss)
                 if hooks.should_stop:
                     break
@@ -253,8 +307,9 @@ class Trainer:
                 for batch in loader:
                     inputs, targets = split_batch(batch)
                     inputs, targets = move_to(inputs, self.device), move_to(targets, self.device)
-                    outputs = call_model(model, inputs)
-                    loss = self.loss_fn(select_output(outputs, self.output), targets)
+                    with self._autocast():
+                        outputs = call_model(model, inputs)
+                        loss = self.loss_fn(select_output(outputs, self.output), targets)
                     hooks.eval_batch(inputs, targets, outputs, loss)
             return hooks.eval_end()
         finally:

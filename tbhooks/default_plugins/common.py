@@ -7,6 +7,7 @@ the steps they log).  Third-party plugins may use them too.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -154,3 +155,18 @@ def square_thumbnails(images: torch.Tensor, side: int) -> torch.Tensor:
             images, size=(side, side), mode="bilinear", align_corners=False, antialias=True
         ).clamp(0.0, 1.0)
     return images
+
+
+@functools.cache
+def _dtensor_type() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed support
+        return None
+    return DTensor
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (a parameter or gradient sharded by FSDP2)."""
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(tensor, dtensor)

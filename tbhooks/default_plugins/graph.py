@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from tbhooks.default_plugins.common import check_bool
+from tbhooks.default_plugins.common import check_bool, is_sharded
 from tbhooks.markers import hookimpl
 
 if TYPE_CHECKING:
@@ -101,19 +101,23 @@ class TracedModel(nn.Module):
     non-tensor parts of the inputs are baked in as constants.
     """
 
-    def __init__(self, model: nn.Module, template: Any) -> None:
+    def __init__(self, model: nn.Module, template: Any, direct: bool = False) -> None:
         super().__init__()
         self.model = model
         self._template = template
+        # A model compiled in place (model.compile()) runs compiled code when called, which the
+        # tracer refuses: its forward is called directly instead (the submodules' calls are eager).
+        self._direct = direct
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         inputs = _fill_inputs(self._template, tensors)
+        call = self.model.forward if self._direct else self.model
         if isinstance(inputs, dict):
-            outputs = self.model(**inputs)
+            outputs = call(**inputs)
         elif isinstance(inputs, (tuple, list)):
-            outputs = self.model(*inputs)
+            outputs = call(*inputs)
         else:
-            outputs = self.model(inputs)
+            outputs = call(inputs)
         flat = flatten_outputs(outputs)
         if not flat:
             raise TypeError(f"the model returned a {type(outputs).__name__} holding no tensor")
@@ -198,6 +202,13 @@ class Graph:
         if not run.is_writer:
             return
         model = run.model
+        if any(is_sharded(parameter) for parameter in model.parameters()):
+            # Tracing runs the model on this rank alone, while a sharded model's forward pass is a
+            # collective of every rank: it would wait for the others forever.
+            name = type(model).__name__
+            run.info_once("graph:sharded", f"tbhooks: graph: {name} is sharded (FSDP); text summary only")
+            run.writer.add_text(TEXT_TAG, model_summary(model), step)
+            return
         try:
             self._trace(run, model, inputs)
         except Exception as exc:
@@ -216,7 +227,7 @@ class Graph:
 
     def _trace(self, run: Run, model: nn.Module, inputs: Any) -> None:
         tensors: list[torch.Tensor] = []
-        wrapper = TracedModel(model, _split_inputs(inputs, tensors))
+        wrapper = TracedModel(model, _split_inputs(inputs, tensors), direct=bool(run.compiled))
         with (
             _eval_mode(model),
             torch.no_grad(),

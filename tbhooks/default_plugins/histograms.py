@@ -1,14 +1,9 @@
 """Histograms: weights, gradients and activations, every N steps, binned on the tensor's own device.
 
-Tags (the HISTOGRAMS and DISTRIBUTIONS dashboards, against the global step):
-
-``weights/<parameter name>``
-    each parameter, after the optimizer step;
-``grads/<parameter name>``
-    each parameter's gradient (``p.grad``; parameters without one are skipped);
-``activations/<module name>``
-    the output of each requested submodule (its first tensor, for modules
-    that return tuples or dicts), captured by the core's module hooks.
+Tags (HISTOGRAMS and DISTRIBUTIONS): ``weights/<parameter>`` after the
+optimizer step, ``grads/<parameter>`` (``p.grad``, where there is one) and
+``activations/<module>`` (the first tensor of its output, captured by the
+core's module hooks).
 
 One path for every device: :func:`histogram_row` computes the minimum,
 maximum, count, sum, sum of squares and bucket counts with torch on the
@@ -16,7 +11,8 @@ tensor's own device, without a host synchronisation; on a logging step the
 training thread only enqueues that work.  The run's background thread reads
 the small rows back (the only copy to the host) and writes each histogram
 with ``SummaryWriter.add_histogram_raw``.  The whole tensor never leaves its
-device, where ``add_histogram`` copies it to numpy.
+device, where ``add_histogram`` copies it to numpy; FSDP2's sharded parameters
+are binned shard by shard (:func:`sharded_rows`).
 
 Bins follow ``torch.histc``: ``bins`` equal-width buckets from the smallest
 to the largest finite value, the maximum in the last bucket; a constant
@@ -35,7 +31,7 @@ import numpy as np
 import torch
 
 from tbhooks.capture import Capture
-from tbhooks.default_plugins.common import check_bool, check_int
+from tbhooks.default_plugins.common import check_bool, check_int, is_sharded
 from tbhooks.markers import hookimpl
 
 if TYPE_CHECKING:
@@ -70,42 +66,96 @@ class DeviceHistogram(NamedTuple):
     nonfinite: int
 
 
-def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
-    """The histogram of a non-empty ``tensor`` as one 1-D tensor on its device, with no host sync.
-
-    Layout: ``[min, max, num, sum, sum_squares, nonfinite, count_0, ..., count_{bins-1}]``,
-    float64 (float32 on MPS, which has no float64).  A value's bucket is
-    ``torch.histc``'s, ``floor((x - min) * bins / (max - min))`` in float32
-    (float64 for float64 and integer tensors); low-precision floats are upcast
-    on the device.  Sums are taken in the row's dtype.
-    """
-    flat = tensor.detach().reshape(-1)
+def _dtypes(flat: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """``(work, wide)``: buckets are found in ``work`` (float32, or float64 for float64 and integer
+    tensors, as ``torch.histc`` would), sums kept in ``wide`` (float64; float32 on MPS, which has none)."""
     wide = torch.float32 if flat.device.type == "mps" else torch.float64
-    work = torch.float32 if flat.is_floating_point() and flat.dtype != torch.float64 else wide
-    chunks = flat.split(CHUNK)
+    return (torch.float32 if flat.is_floating_point() and flat.dtype != torch.float64 else wide), wide
+
+
+def _local_stats(flat: torch.Tensor) -> torch.Tensor:
+    """``[low, high, num, sum, sum_squares, numel]`` of the finite values of ``flat`` (wide dtype, on its
+    device; ``low``/``high`` are +inf/-inf when there is none)."""
+    work, wide = _dtypes(flat)
     low = torch.full((), torch.inf, dtype=work, device=flat.device)
     high = -low
     num, total, square = (flat.new_zeros((), dtype=wide) for _ in range(3))
-    for chunk in chunks:
+    for chunk in flat.split(CHUNK):
         values = chunk.to(work)
         finite = torch.isfinite(values)
         low = torch.minimum(low, torch.where(finite, values, torch.inf).min())
         high = torch.maximum(high, torch.where(finite, values, -torch.inf).max())
         kept = torch.where(finite, values, 0.0).to(wide)
         num, total, square = num + finite.sum(), total + kept.sum(), square + (kept * kept).sum()
-    empty = num == 0
-    low, high = torch.where(empty, 0.0, low), torch.where(empty, 0.0, high)
-    same = low == high
-    left, right = torch.where(same, low - 1.0, low), torch.where(same, high + 1.0, high)
+    return torch.stack([low.to(wide), high.to(wide), num, total, square, num.new_tensor(flat.numel())])
+
+
+def _edges(stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``stats`` with min and max set to 0 where nothing is finite, and the binning range ``(left, right)``:
+    ``[min, max]``, widened to ``value ± 1`` where they are equal (``torch.histc``'s rule)."""
+    empty = stats[2] == 0
+    stats[0], stats[1] = torch.where(empty, 0.0, stats[0]), torch.where(empty, 0.0, stats[1])
+    same = stats[0] == stats[1]
+    return torch.where(same, stats[0] - 1.0, stats[0]), torch.where(same, stats[1] + 1.0, stats[1])
+
+
+def _counts(flat: torch.Tensor, left: torch.Tensor, right: torch.Tensor, bins: int) -> torch.Tensor:
+    """The bucket counts of ``flat``'s finite values over ``[left, right]`` (wide dtype, on its device)."""
+    work, wide = _dtypes(flat)
+    left, right = left.to(work), right.to(work)
     counts = flat.new_zeros(bins + 1, dtype=wide)
-    for chunk in chunks:
+    for chunk in flat.split(CHUNK):
         values = chunk.to(work)
         finite = torch.isfinite(values)
         position = (torch.where(finite, values, left) - left) * bins / (right - left)
         index = torch.where(finite, position.long().clamp(0, bins - 1), bins)  # bucket `bins`: counted out
         counts.scatter_add_(0, index, torch.ones_like(index, dtype=wide))
-    stats = torch.stack([low.to(wide), high.to(wide), num, total, square, flat.numel() - num])
-    return torch.cat([stats, counts[:bins]])
+    return counts[:bins]
+
+
+def _row(stats: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    return torch.cat([stats[:5], (stats[5] - stats[2]).reshape(1), counts])
+
+
+def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
+    """The histogram of a non-empty ``tensor`` as one 1-D tensor on its device, with no host sync.
+
+    Layout: ``[min, max, num, sum, sum_squares, nonfinite, count_0, ..., count_{bins-1}]``
+    (float64; float32 on MPS).  A value's bucket is ``torch.histc``'s,
+    ``floor((x - min) * bins / (max - min))``; low-precision floats are
+    upcast on the device.
+    """
+    flat = tensor.detach().reshape(-1)
+    stats = _local_stats(flat)
+    left, right = _edges(stats)
+    return _row(stats, _counts(flat, left, right, bins))
+
+
+def sharded_rows(tensors: Sequence[torch.Tensor], bins: int) -> list[torch.Tensor]:
+    """Whole-parameter rows of DTensors (FSDP2's sharded parameters and gradients), gathering nothing.
+
+    Each rank takes the statistics of its own shard; a global minimum and
+    maximum and the sums come from ``all_reduce``; each rank bins its shard
+    over the global range, and the counts are summed by one more
+    ``all_reduce``.  A collective: every rank calls it with the same tensors
+    in the same order.
+    """
+    import torch.distributed as dist
+
+    if not tensors:
+        return []
+    group = tensors[0].device_mesh.get_group()  # type: ignore[attr-defined]
+    flats = [tensor.to_local().detach().reshape(-1) for tensor in tensors]  # type: ignore[attr-defined]
+    stats = torch.stack([_local_stats(flat) for flat in flats])
+    extremes = torch.stack([stats[:, 0], -stats[:, 1]])
+    dist.all_reduce(extremes, op=dist.ReduceOp.MIN, group=group)
+    sums = stats[:, 2:].contiguous()
+    dist.all_reduce(sums, group=group)
+    stats = torch.cat([extremes[0:1].T, -extremes[1:2].T, sums], dim=1)
+    edges = [_edges(row) for row in stats]
+    counts = torch.stack([_counts(flat, left, right, bins) for flat, (left, right) in zip(flats, edges, strict=True)])
+    dist.all_reduce(counts, group=group)
+    return [_row(row, count) for row, count in zip(stats, counts, strict=True)]
 
 
 def bucket_limits(low: float, high: float, bins: int) -> list[float]:
@@ -235,9 +285,6 @@ class Histograms:
 
     @hookimpl
     def on_batch_end(self, run: Run, step: int, captured: Mapping[str, torch.Tensor]) -> None:
-        if not run.is_writer:
-            return
-        self._warn_nonfinite(run)
         tagged: list[tuple[str, torch.Tensor]] = []
         parameters = list(run.model.named_parameters())
         if self.weights:
@@ -249,11 +296,15 @@ class Histograms:
             if tensor is not None:
                 tagged.append((run.tag("activations", name or type(run.model).__name__), tensor))
         tagged = [(tag, tensor) for tag, tensor in tagged if _binnable(tensor)]
-        if not tagged:
-            return
         with torch.no_grad():
+            # Sharded parameters (FSDP2): every rank takes part in the collectives, only rank 0 writes.
+            sharded = [index for index, (_, tensor) in enumerate(tagged) if is_sharded(tensor)]
+            rows = dict(zip(sharded, sharded_rows([tagged[i][1] for i in sharded], self.bins), strict=True))
+            if not run.is_writer or not tagged:
+                return
+            self._warn_nonfinite(run)
             # Enqueued here, ahead of the next step's in-place updates; read back in the background.
-            rows = [histogram_row(tensor, self.bins) for _, tensor in tagged]
+            rows = [rows[i] if i in rows else histogram_row(tensor, self.bins) for i, (_, tensor) in enumerate(tagged)]
         by_device: dict[torch.device, list[int]] = {}
         for index, row in enumerate(rows):
             by_device.setdefault(row.device, []).append(index)
