@@ -17,8 +17,13 @@ from tbhooks.testing import read_events
 README = Path(__file__).parents[1] / "README.md"
 
 
-def python_blocks(text: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+FRAGMENT = "# fragment:"
+"""A block that starts with this line is part of a loop shown above it: run inside a harness loop."""
+
+
+def python_blocks(text: str, fragments: bool = False) -> list[str]:
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return [block for block in blocks if block.startswith(FRAGMENT) == fragments]
 
 
 def missing_from_reference(text: str) -> list[str]:
@@ -70,6 +75,38 @@ def test_readme_examples_run_as_written(index, tmp_path, monkeypatch, capsys):
     else:
         assert "'accuracy'" in capsys.readouterr().out
         assert any(tmp_path.joinpath("runs").rglob("events.out.tfevents.*"))
+
+
+def test_the_grad_scaler_fragment_gives_plugins_unscaled_gradients(tmp_path):
+    from tbhooks.default_plugins.histograms import Histograms
+
+    [fragment] = python_blocks(README.read_text(), fragments=True)
+    assert "scaler.unscale_(optimizer)" in fragment
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    unscaled: list[torch.Tensor] = []
+    model.weight.register_hook(lambda grad: unscaled.append(grad / scaler.get_scale()))
+    plugin = Histograms(every_n_steps=2, weights=False)
+    with tbhooks.attach(model, logdir=tmp_path, optimizer=optimizer, plugins=[plugin], autoload=False) as hooks:
+        hooks.epoch_start()
+        for _ in range(4):
+            x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+            hooks.batch_start()
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                out = model(x)
+                loss = nn.functional.cross_entropy(out, y)
+            exec(
+                fragment,
+                {"scaler": scaler, "loss": loss, "optimizer": optimizer, "hooks": hooks, "x": x, "y": y, "out": out},
+            )
+    logged = {event.step: event.histogram_value for event in read_events(tmp_path).histograms["grads/weight"]}
+    assert sorted(logged) == [2, 4]
+    for step, value in logged.items():
+        assert value.max == pytest.approx(unscaled[step - 1].max().item(), rel=1e-6)
+        assert value.sum == pytest.approx(unscaled[step - 1].double().sum().item(), rel=1e-5, abs=1e-9)
 
 
 def test_every_test_the_bad_input_table_names_exists():
