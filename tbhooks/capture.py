@@ -128,7 +128,10 @@ class Capturer:
         """Before the forward pass of training step ``step`` (``None``: an evaluation)."""
         keys = self._due(step)
         if self.compiled is None:
-            self._start_probe(keys)
+            if self._probe:  # a probe under way (another micro-batch of the same step): keep it
+                self.active = bool(keys)
+            else:
+                self._start_probe(keys)
         elif self._persistent:
             self.active = bool(keys)
         else:

@@ -219,7 +219,7 @@ class Hooks:
             batch_idx=step - self._epoch_first_step - 1,
             inputs=inputs,
             targets=targets,
-            outputs=select_output(outputs, self.output).detach(),
+            outputs=None if outputs is None else select_output(outputs, self.output).detach(),
             loss=None if loss is None else loss.detach(),
             captured=captured,
         )

@@ -133,7 +133,7 @@ def on_batch_end(
     batch_idx: int,
     inputs: Any,
     targets: Any,
-    outputs: torch.Tensor,
+    outputs: torch.Tensor | None,
     loss: torch.Tensor | None,
     captured: Mapping[str, torch.Tensor],
 ) -> None:
@@ -153,7 +153,9 @@ def on_batch_end(
         a tuple or a dict), on the model's device.
     :param targets: the batch's targets.
     :param outputs: the model's prediction, detached: the tensor chosen by the
-        trainer's ``output`` option from tensor, tuple or dict outputs.
+        trainer's ``output`` option from tensor, tuple or dict outputs
+        (``None`` where a host had none, e.g. a framework step that returns
+        only its loss).
     :param loss: the batch's loss, detached (``None`` if the loop gave none).
     :param captured: the tensors captured by module hooks for this step,
         detached, keyed by ``Capture.key``; empty on most steps.
