@@ -11,11 +11,12 @@ $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# Pinned for reproducible set-up (pyproject states the supported range).  Compiled at install
-	# (no --no-compile): where PYTHONDONTWRITEBYTECODE is set, as here, nothing is compiled later,
-	# and every process would compile every module it imports from source (.ci/run's suite took 329 s
-	# that way, 161 s compiled, for 40 s saved in torch's install).
+	# (no --no-compile): where PYTHONDONTWRITEBYTECODE is set, nothing is compiled later, and every
+	# process would compile every module it imports from source.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,demo]' $(foreach p,$(PLUGINS),-e ./$(dir $(p)))
+	# The framework adapters' extras, pinned to the versions the adapters are tested with.
+	$(PY) -m pip install -q -e '.[dev,demo,lightning,ignite,transformers]' $(foreach p,$(PLUGINS),-e ./$(dir $(p))) \
+		pytorch-lightning==2.6.6 pytorch-ignite==0.5.5 transformers==5.25.0 accelerate==1.16.0
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -25,7 +26,6 @@ demo: $(STAMP)
 	$(VENV)/bin/tbhooks demo --logdir runs/demo
 
 bench: $(STAMP)
-	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/run.py
 
 lint: $(STAMP)
