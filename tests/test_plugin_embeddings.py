@@ -17,7 +17,8 @@ from torch import nn
 
 import tbhooks
 from tbhooks.default_plugins import common
-from tbhooks.default_plugins.embeddings import Embeddings, class_quota, pick, tsv_label
+from tbhooks.default_plugins.embeddings import Embeddings, class_quota, pick
+from tbhooks.default_plugins.projector import tsv_label
 from tbhooks.manager import BUILTIN_PLUGINS
 
 OTHERS = [name for name in BUILTIN_PLUGINS if name != "embeddings"]
@@ -397,7 +398,7 @@ def test_files_are_those_add_embedding_writes(tmp_path, channels):
     """write_projector_files against SummaryWriter.add_embedding itself, file by file."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from tbhooks.default_plugins.embeddings import write_projector_files
+    from tbhooks.default_plugins.projector import write_projector_files
 
     generator = torch.Generator().manual_seed(3)
     features = torch.randn(11, 5, generator=generator) * 1e3  # float32 of every magnitude, negative too
