@@ -315,6 +315,11 @@ class Hooks:
         self._report_background_errors()
         self.run.writer.flush()
 
+    def drain(self) -> None:
+        """Wait until the run's background work (images, histograms, figures) is done, and report its errors."""
+        self._background.drain()
+        self._report_background_errors()
+
     def close(self) -> None:
         """Remove module hooks, finish background work, flush and close the writer.  Idempotent."""
         if self._closed:
@@ -325,8 +330,7 @@ class Hooks:
             self._capturer.close()
             for module, training in self._modes:
                 module.training = training
-            self._background.drain()
-            self._report_background_errors()
+            self.drain()
             self._background.stop()
         finally:
             try:
