@@ -102,6 +102,7 @@ class Capturer:
         """Whether the model runs compiled code (known after the first forward pass of the run)."""
         self._persistent = False
         self._probe: dict[str, bool] = {}
+        self._train: list[Capture] = []  # the requests captured on training steps
 
     def set_requests(self, requests: Iterable[tuple[str, Capture]]) -> None:
         """Validate and keep ``(plugin name, request)`` pairs; an unknown module is an error naming the known ones."""
@@ -115,6 +116,7 @@ class Capturer:
             self._modules[request.module] = names[request.module]
             if (owner, request) not in self._requests:
                 self._requests.append((owner, request))
+        self._train = [request for _, request in self._requests if request.every_n_steps > 0]
 
     def _due(self, step: int | None) -> set[str]:
         """The keys captured at training step ``step`` (``None``: an evaluation batch)."""
@@ -126,6 +128,8 @@ class Capturer:
 
     def start_step(self, step: int | None) -> None:
         """Before the forward pass of training step ``step`` (``None``: an evaluation)."""
+        if step is not None and self.compiled is not None and not self._train:
+            return  # the common training step: nothing to capture, nothing registered
         keys = self._due(step)
         if self.compiled is None:
             if self._probe:  # a probe under way (another micro-batch of the same step): keep it
@@ -142,6 +146,8 @@ class Capturer:
 
     def end_step(self, step: int | None) -> dict[str, torch.Tensor]:
         """After the step: what was captured for the keys due at ``step``; one-step hooks are removed."""
+        if not self._handles and not self._captured:
+            return {}
         if self.compiled is None and self._probe:
             self._end_probe()
         elif not self._persistent:
@@ -197,7 +203,7 @@ class Capturer:
                     TbhooksWarning,
                     stacklevel=4,
                 )
-            self._requests = []
+            self._requests, self._train = [], []
 
     # -- hooks ----------------------------------------------------------------
 

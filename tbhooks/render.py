@@ -199,21 +199,14 @@ class Renderer:
                 self._connection.close()
             self._process = self._connection = None
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Ask the worker to exit and reap it; kill it after ``timeout`` seconds."""
-        process, connection = self._process, self._connection
-        if connection is not None:
-            try:
-                connection.send_bytes(b"")
-            except OSError:  # already gone
-                pass
+    def close(self) -> None:
+        """End the worker.  It holds nothing by now (the run's close waited for every drawing it was asked
+        for), so it is killed rather than waited for: it may still be importing matplotlib."""
+        process = self._process
         self._forget()
         if process is not None:
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            process.kill()
+            process.wait()
 
 
 # ---------------------------------------------------------------------------
@@ -259,8 +252,8 @@ def worker_main(argv: list[str]) -> int:
                     warm_up()
             except Exception:  # the real request reports what is wrong
                 pass
-        while payload := connection.recv_bytes():  # empty: the run is closing
-            connection.send(_answer(payload))
+        while True:
+            connection.send(_answer(connection.recv_bytes()))
     except (EOFError, OSError):  # the training process closed the connection or is gone
         pass
     return 0

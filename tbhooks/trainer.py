@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 def move_to(obj: Any, device: torch.device) -> Any:
     """``obj`` with every tensor inside tuples, lists and dicts moved to ``device``."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
+        return obj if obj.device == device else obj.to(device, non_blocking=True)
     if isinstance(obj, dict):
         return {k: move_to(v, device) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):
@@ -123,6 +123,7 @@ class Trainer:
             raise TypeError(f"progress expects True, False or None, got {type(progress).__name__}")
         self.device = distributed.resolve_device(device)
         self.precision = check_precision(precision, self.device)
+        self._dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "16" else None
         self.model = model.to(self.device)
         self.optimizer = optimizer
@@ -251,8 +252,7 @@ class Trainer:
                 torch.distributed.destroy_process_group()
 
     def _autocast(self) -> torch.autocast:
-        dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(self.precision)
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        return torch.autocast(self.device.type, dtype=self._dtype, enabled=self._dtype is not None)
 
     def _batches(self, loader: Iterable[Any], hooks: Hooks) -> Iterable[Any]:
         if self.progress is False or not hooks.run.is_writer:
@@ -276,9 +276,13 @@ class Trainer:
                 # The tutorial's order: the previous step's gradients are freed before the
                 # forward pass allocates this step's activations (a lower peak of memory).
                 self.optimizer.zero_grad(set_to_none=True)
-                with self._autocast():
+                if self._dtype is None:
                     outputs = call_model(model, inputs)
                     loss = self.loss_fn(select_output(outputs, self.output), targets)
+                else:
+                    with torch.autocast(self.device.type, dtype=self._dtype):
+                        outputs = call_model(model, inputs)
+                        loss = self.loss_fn(select_output(outputs, self.output), targets)
                 if self.scaler is None:
                     loss.backward()
                     self.optimizer.step()

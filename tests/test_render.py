@@ -378,7 +378,7 @@ def test_close_waits_for_pending_renders_and_the_worker_has_ended_after_it(tmp_p
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_close_ends_the_worker_while_forked_data_loader_workers_hold_its_connection(direct, tmp_path):
     # DataLoader workers forked after the render worker started hold a copy of its connection, so
-    # the worker sees no end of it at close: close must tell it to exit, not wait out the timeout.
+    # the worker sees no end of it at close: close ends it all the same, at once.
     direct.renderer.start()
     loader = DataLoader(
         TensorDataset(torch.zeros(4, 2)), num_workers=1, persistent_workers=True, multiprocessing_context="fork"
@@ -390,11 +390,11 @@ def test_close_ends_the_worker_while_forked_data_loader_workers_hold_its_connect
         assert direct.drain() == []
         worker = helpers.wait_for_json(tmp_path / "facts")["pid"]
         started = time.monotonic()
-        direct.renderer.close(timeout=60.0)  # were the worker killed, that would take 60 s
+        direct.renderer.close()
         took = time.monotonic() - started
     finally:
         del batches
-    assert took < 30, f"close took {took:.1f} s: the worker did not exit by itself"
+    assert took < 5, f"close took {took:.1f} s"
     assert state(worker) is None and direct.renderer.pid is None
 
 
