@@ -296,7 +296,11 @@ class Hooks:
             self.close()
 
     def exception(self, exc: BaseException) -> None:
-        """Fire ``on_exception`` for ``exc`` that ends the run, then close (module hooks removed, writer closed)."""
+        """Fire ``on_exception`` for ``exc`` that ends the run, then close (module hooks removed, writer closed).
+
+        For :class:`tbhooks.Terminated` (SIGTERM) the process is then ended by SIGTERM itself, so that its
+        exit status is the usual one.
+        """
         if self._closed:
             return
         try:
@@ -304,6 +308,8 @@ class Hooks:
             self._host.hook.on_exception(run=self.run, step=self.step, epoch=self.epoch, exception=exc)
         finally:
             self.close()
+        if isinstance(exc, Terminated):
+            resend_sigterm()
 
     def flush(self) -> None:
         """Write every pending event to disk and report errors of finished background work.
@@ -356,10 +362,8 @@ class Hooks:
     ) -> None:
         if exc is None:
             self.fit_end()
-            return
-        self.exception(exc)
-        if isinstance(exc, Terminated):
-            resend_sigterm()
+        else:
+            self.exception(exc)
 
     # -- helpers --------------------------------------------------------------
 

@@ -41,11 +41,13 @@ def _check_workload(section: str, name: str) -> None:
     main = _table(section, "row")
     assert [r[0] for r in main] == [row.name for row in bench.ROWS]
     runs: dict[str, list[tuple[float, float]]] = {}
+    once: dict[str, list[float]] = {}
     steps = set()
-    for run, rep, count, bare, own in _table(section, "run"):
+    for run, rep, count, bare, own, one_time in _table(section, "run"):
         assert int(rep) == len(runs.setdefault(run, [])) + 1
         steps.add(int(count))
         runs[run].append((float(bare), float(own)))
+        once.setdefault(run, []).append(float(one_time))
         assert float(bare) > 0 and float(own) > 0
     (n,) = steps
     assert len({len(v) for v in runs.values()}) == 1  # every run in every repetition
@@ -60,9 +62,11 @@ def _check_workload(section: str, name: str) -> None:
     def to_bare(row: str, cost: float) -> list[float]:
         return [bare / (own - cost * n) for bare, own in runs[run_of[row]]]
 
-    for title, base, measured, median, spread, target, verdict in main:
+    for title, base, measured, median, spread, one_time, target, verdict in main:
         row = by_name[title]
         assert base == row.base
+        if base == bench.CONTROL:  # the run's one-time seconds, the median of its repetitions
+            assert float(one_time) == pytest.approx(statistics.median(once[run_of[title]]), abs=5e-3), title
         raw, corrected = to_bare(title, 0.0), to_bare(title, excess)
         if base != bench.CONTROL:
             raw = [a / b for a, b in zip(raw, to_bare(base, 0.0), strict=True)]
@@ -102,7 +106,8 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
     for name, quick in bench.QUICK.items():
         assert sizes[name][2:6] == [str(quick.steps), str(quick.reps), str(quick.scalars), str(quick.interval)]
         section = text.split(f"\n## {name}: ", 1)[1].split("\n## ", 1)[0]
-        assert section.count(f"{quick.steps} steps per run, {quick.reps} repetitions")
+        steady = f"(the steady state: steps {quick.skip + 1} to {quick.steps}), {quick.reps} repetitions"
+        assert section.count(f"{quick.steps} steps per run {steady}")
         _check_workload(section, name)
         # The command prints each workload's table as it goes.
         assert section.split("\n\n")[2] in done.stdout

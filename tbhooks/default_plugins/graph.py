@@ -202,6 +202,9 @@ class Graph:
         if not run.is_writer:
             return
         model = run.model
+        if inputs is None:  # a host that hands over no inputs (a framework step returning only its loss)
+            run.info_once("graph:no-inputs", "tbhooks: graph skipped: the loop passes no inputs to trace with")
+            return
         if any(is_sharded(parameter) for parameter in model.parameters()):
             # Tracing runs the model on this rank alone, while a sharded model's forward pass is a
             # collective of every rank: it would wait for the others forever.
