@@ -103,6 +103,7 @@ class Capturer:
         self._persistent = False
         self._probe: dict[str, bool] = {}
         self._train: list[Capture] = []  # the requests captured on training steps
+        self._probes: list[RemovableHandle] = []
 
     def set_requests(self, requests: Iterable[tuple[str, Capture]]) -> None:
         """Validate and keep ``(plugin name, request)`` pairs; an unknown module is an error naming the known ones."""
@@ -146,7 +147,7 @@ class Capturer:
 
     def end_step(self, step: int | None) -> dict[str, torch.Tensor]:
         """After the step: what was captured for the keys due at ``step``; one-step hooks are removed."""
-        if not self._handles and not self._captured:
+        if not self._handles and not self._captured and not self._probe:
             return {}
         if self.compiled is None and self._probe:
             self._end_probe()
@@ -166,6 +167,8 @@ class Capturer:
 
     def close(self) -> None:
         """Remove every hook this capturer registered.  Safe to call twice."""
+        for handle in self._probes:
+            handle.remove()
         self._remove()
         self._persistent = False
         self.active = False
@@ -174,24 +177,28 @@ class Capturer:
 
     def _start_probe(self, keys: set[str]) -> None:
         # Every requested hook is registered now, before the model's first call (a compiler
-        # compiles then, and sees them), together with the probe on the model itself.
+        # compiles then, and sees them), with the probe on the model and on each requested
+        # module (a loop may call a submodule and never the model itself).
         probe = self._probe = {"seen": False, "compiling": False}
 
         def look(module: nn.Module, args: Any) -> None:
             probe["seen"] = True
-            probe["compiling"] = torch.compiler.is_compiling()
+            probe["compiling"] = probe["compiling"] or torch.compiler.is_compiling()
 
         self._register([r for _, r in self._requests])
-        self._handles.append(self._model.register_forward_pre_hook(look))  # last: popped by _end_probe
+        self._probes = [m.register_forward_pre_hook(look) for m in {self._model, *self._modules.values()}]
         self.active = bool(keys)
 
     def _end_probe(self) -> None:
         probe, self._probe = self._probe, {}
-        self.compiled = probe["compiling"] or not probe["seen"]
+        self.compiled = probe["compiling"]
         if probe["compiling"]:
-            self._persistent = True  # the compiled code runs these hooks: they stay
-            self._handles.pop().remove()  # the probe
+            # The compiled code runs these hooks, probes included: they stay (a compiler recompiles
+            # when a module's hooks change).
+            self._persistent = True
             return
+        for handle in self._probes:
+            handle.remove()
         self._remove()
         if not probe["seen"] and self._requests:
             for owner, request in self._requests:

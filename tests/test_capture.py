@@ -98,8 +98,9 @@ def test_the_first_forward_pass_probes_with_every_hook_then_only_due_steps_have_
     before = hook_counts(model)
     with hooks:
         hooks.batch_start()
-        # The run's first forward: every requested hook (two on module 2, one on 0) and the probe.
-        assert hook_counts(model) == [(0, 1, 0, 0), (1, 0, 0, 0), (0, 0, 0, 0), (2, 0, 0, 0)]
+        # The run's first forward: every requested hook (two on module 2, one on 0), and the probe on
+        # the model and on each requested module.
+        assert hook_counts(model) == [(0, 1, 0, 0), (1, 1, 0, 0), (0, 0, 0, 0), (2, 1, 0, 0)]
         model(torch.zeros(2, 6))
         hooks.batch_end(None, None, torch.zeros(2, 3))
         assert hook_counts(model) == before and hooks.run.compiled is False  # eager: all removed

@@ -178,16 +178,31 @@ def test_a_model_compiled_and_called_before_attach_still_captures(tmp_path):
 
 
 def test_hooks_that_never_run_are_reported_not_silently_empty(tmp_path):
-    # A loop that calls forward directly runs no module hook (eager or compiled): the capture cannot
-    # work, and the plugin and module are named once.
+    # A loop that calls forward directly never runs the model's own hooks: a capture of the model's
+    # output cannot work, and the plugin and module are named once.
+    class WantsTheOutput:
+        name = "wants"
+
+        @tbhooks.hookimpl
+        def on_capture_request(self):
+            return [tbhooks.Capture("", "output", every_n_steps=1)]
+
+    torch.manual_seed(0)
+    model = Net()
+    plugins = [WantsTheOutput()]
+    with pytest.warns(TbhooksWarning, match=r"wants asked for the output of module ''.*Attach before") as seen:
+        with tbhooks.attach(model, logdir=tmp_path, plugins=plugins, disable=[*OTHERS, "histograms"]) as hooks:
+            train(model.forward, model, batches(3), hooks)
+    assert len(seen) == 1
+
+
+def test_a_loop_that_calls_a_submodule_still_captures_the_submodules(tmp_path):
     torch.manual_seed(0)
     model = Net()
     plugin = Histograms(every_n_steps=1, activations=["fc1"], weights=False, grads=False)
-    with pytest.warns(TbhooksWarning, match=r"histograms asked for the output of module 'fc1'.*Attach before") as seen:
-        with tbhooks.attach(model, logdir=tmp_path, plugins=[plugin], disable=OTHERS, autoload=False) as hooks:
-            train(model.forward, model, batches(3), hooks)
-    assert len(seen) == 1
-    assert "activations/fc1" not in read_events(tmp_path).histograms
+    with tbhooks.attach(model, logdir=tmp_path, plugins=[plugin], disable=OTHERS, autoload=False) as hooks:
+        train(model.forward, model, batches(3), hooks)  # the model's own hooks never run; fc1's do
+    assert [h.step for h in read_events(tmp_path).histograms["activations/fc1"]] == [1, 2, 3]
 
 
 def test_the_trainer_compiles_in_place(tmp_path):
