@@ -65,26 +65,29 @@ class EvalState:
         self.loss_count = 0
         self.batches = 0
 
-    def add(self, prediction: torch.Tensor, targets: Any, loss: torch.Tensor | None) -> None:
-        """Keep one batch's prediction, targets and (sample-weighted) loss; nothing is read back."""
+    def add(self, prediction: torch.Tensor | None, targets: Any, loss: torch.Tensor | None) -> None:
+        """Keep one batch's prediction (``None``: the host had none), targets and (sample-weighted) loss;
+        nothing is read back."""
         self.batches += 1
-        self.outputs.append(prediction)
+        if prediction is not None:
+            self.outputs.append(prediction)
         if isinstance(targets, torch.Tensor):
             self.targets.append(targets.detach())
         else:
             self.other_targets.append(targets)
         if loss is not None:
-            size = prediction.shape[0] if prediction.ndim else 1
+            sized = prediction if prediction is not None else targets
+            size = sized.shape[0] if isinstance(sized, torch.Tensor) and sized.ndim else 1
             weighted = loss.detach().float() * size
             self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
             self.loss_count += size
 
-    def finish(self, run: Run) -> tuple[torch.Tensor, Any, dict[str, float]]:
+    def finish(self, run: Run) -> tuple[torch.Tensor | None, Any, dict[str, float]]:
         """The whole set's outputs and targets (gathered over ranks) and its metrics."""
-        if not self.outputs:
+        if not self.batches:
             run.warn_once("empty-eval", "tbhooks: the evaluation saw no batch (empty loader?); nothing evaluated")
             return torch.empty(0), torch.empty(0, dtype=torch.long), {}
-        outputs = run.gather(torch.cat([o if o.ndim else o.reshape(1) for o in self.outputs]))
+        outputs = run.gather(torch.cat([o if o.ndim else o.reshape(1) for o in self.outputs])) if self.outputs else None
         targets: Any = (
             run.gather(torch.cat(self.targets)) if self.targets and not self.other_targets else self.other_targets
         )
@@ -94,7 +97,7 @@ class EvalState:
             total = all_reduce(torch.stack([self.loss_sum, count]), run.world_size)
             metrics["loss"] = float(total[0] / total[1])
             run.check_finite("eval/loss", metrics["loss"])
-        scored = run.class_scores(outputs, targets, who="accuracy")
+        scored = None if outputs is None else run.class_scores(outputs, targets, who="accuracy")
         if scored is not None:
             scores, labels = scored
             metrics["accuracy"] = float((scores.argmax(dim=1) == labels).float().mean()) if labels.numel() else 0.0

@@ -228,7 +228,8 @@ class Hooks:
         """Fire ``on_epoch_end`` with the epoch's mean training loss, then flush."""
         metrics: dict[str, float] = {}
         total = self._losses.total()
-        if total is not None:
+        # Only a loss of every batch makes the epoch's mean (a host may hand over some steps' only).
+        if total is not None and self._losses.count == self.batch_idx:
             count = torch.tensor(float(self._losses.count), device=total.device, dtype=total.dtype)
             sums = all_reduce(torch.stack([total, count]), self.run.world_size)
             metrics["loss"] = float(sums[0] / sums[1])
@@ -254,7 +255,7 @@ class Hooks:
         state = self._eval
         if state is None:
             raise RuntimeError("eval_batch() called before eval_start()")
-        prediction = select_output(outputs, self.output).detach()
+        prediction = None if outputs is None else select_output(outputs, self.output).detach()
         state.add(prediction, targets, loss)
         self._host.hook.on_eval_batch_end(
             run=self.run,

@@ -205,7 +205,7 @@ def on_eval_batch_end(
     batch_idx: int,
     inputs: Any,
     targets: Any,
-    outputs: torch.Tensor,
+    outputs: torch.Tensor | None,
     loss: torch.Tensor | None,
     captured: Mapping[str, torch.Tensor],
 ) -> None:
@@ -226,7 +226,7 @@ def on_eval(
     step: int,
     epoch: int,
     metrics: Mapping[str, float],
-    outputs: torch.Tensor,
+    outputs: torch.Tensor | None,
     targets: Any,
 ) -> None:
     """Fires once an evaluation has seen all its batches.  The writer is
@@ -239,7 +239,8 @@ def on_eval(
         for classification, ``accuracy``; computed over the whole evaluation
         set, every rank included.
     :param outputs: the predictions of the whole evaluation set, concatenated
-        in loader order and gathered from every rank.
+        in loader order and gathered from every rank (``None`` where the host
+        had none).
     :param targets: the targets of the whole evaluation set, likewise.
 
     The return value is ignored.

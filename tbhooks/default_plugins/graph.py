@@ -243,7 +243,9 @@ class Graph:
             # trace and per traced method), and TracerWarning flags Python values
             # taken from tensors (the graph then shows the path this batch took).
             # Both are about the trace, not the user's code: silenced here only.
-            warnings.filterwarnings("ignore", message=r"`?torch\.jit\.trace", category=FutureWarning)
-            warnings.filterwarnings("ignore", message=r"`?torch\.jit\.trace", category=DeprecationWarning)
+            # The tracer also reads every attribute of every submodule, deprecated ones included (a
+            # transformers model's, say): their deprecation warnings are not the user's code either.
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             run.writer.add_graph(wrapper, tuple(tensors))

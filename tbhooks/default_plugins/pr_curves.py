@@ -53,7 +53,7 @@ class PRCurves:
             )
 
     @hookimpl
-    def on_eval(self, run: Run, step: int, outputs: torch.Tensor, targets: Any) -> None:
+    def on_eval(self, run: Run, step: int, outputs: torch.Tensor | None, targets: Any) -> None:
         if not run.is_writer or not isinstance(outputs, torch.Tensor) or outputs.shape[0:1] == (0,):
             return
         binary = self._binary(outputs, targets)

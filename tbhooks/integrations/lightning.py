@@ -42,7 +42,7 @@ def import_lightning() -> ModuleType:
     for name in [name for name in names if name in sys.modules] or names:
         with contextlib.suppress(ImportError):
             return importlib.import_module(name)
-    raise ImportError("tbhooks.integrations.lightning needs Lightning: pip install lightning (or pytorch-lightning)")
+    raise ImportError("tbhooks.integrations.lightning needs Lightning: pip install 'tbhooks[lightning]'")
 
 
 pl = import_lightning()

@@ -158,7 +158,7 @@ class Figures:
         self._samples = []
 
     @hookimpl
-    def on_eval_batch_end(self, run: Run, inputs: Any, targets: Any, outputs: torch.Tensor) -> None:
+    def on_eval_batch_end(self, run: Run, inputs: Any, targets: Any, outputs: torch.Tensor | None) -> None:
         """Keep (a clone of) the first ``num_images`` inputs, outputs and targets of a logged evaluation."""
         if self._need <= 0:
             return
@@ -167,6 +167,7 @@ class Figures:
             image_batch(inputs)
             and isinstance(targets, torch.Tensor)
             and targets.shape == (size,)
+            and isinstance(outputs, torch.Tensor)
             and outputs.ndim == 2
             and outputs.shape[0] == size
             and (not self._samples or self._samples[0][0].shape[1:] == inputs.shape[1:])
@@ -187,7 +188,7 @@ class Figures:
         self._need -= take
 
     @hookimpl
-    def on_eval(self, run: Run, step: int, outputs: torch.Tensor, targets: Any) -> None:
+    def on_eval(self, run: Run, step: int, outputs: torch.Tensor | None, targets: Any) -> None:
         samples, self._samples, self._need = self._samples, [], 0
         if not self._due:
             return
