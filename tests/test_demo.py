@@ -185,12 +185,42 @@ def test_bad_arguments_exit_2(argv, capsys):
 
 
 def test_loop_choices_are_the_loops_table():
-    assert demo.LOOPS == {"trainer": demo.fit_trainer, "custom": demo.fit_custom_loop}
+    assert list(demo.LOOPS) == ["trainer", "custom", "lightning", "ignite", "transformers"]
+    assert demo.LOOPS["trainer"] is demo.fit_trainer and demo.LOOPS["custom"] is demo.fit_custom_loop
     parser = demo.build_parser()
     assert parser.parse_args([]).loop == "trainer"
     for name in demo.LOOPS:
         assert parser.parse_args(["--loop", name]).loop == name
-    assert "--loop {trainer,custom}" in parser.format_usage()
+    assert "--loop {trainer,custom,lightning,ignite,transformers}" in parser.format_usage()
+
+
+@pytest.mark.parametrize(
+    ("loop", "missing", "extra"),
+    [
+        ("lightning", {"lightning", "pytorch_lightning"}, "tbhooks[lightning]"),
+        ("ignite", {"ignite"}, "tbhooks[ignite]"),
+        ("transformers", {"accelerate"}, "tbhooks[transformers]"),
+    ],
+)
+def test_a_framework_loop_without_its_extra_is_one_line(tmp_path, capsys, monkeypatch, loop, missing, extra):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else find_spec(name, *a))
+    assert demo.main(["--logdir", str(tmp_path), "--loop", loop]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--loop {loop} needs" in err and f"pip install '{extra}'" in err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("loop", ["lightning", "ignite", "transformers"])
+def test_each_framework_loop_fills_the_dashboards(tmp_path, capsys, loop):
+    assert demo.main(["--logdir", str(tmp_path), "--loop", loop, "--epochs", "1", "--limit", "96"]) == 0
+    out = capsys.readouterr().out
+    [run] = list(tmp_path.iterdir())
+    events = read_events(run)
+    assert {"train/loss", "eval/loss", "eval/accuracy"} <= set(events.scalars), sorted(events.scalars)
+    assert events.pr_curves and events.histograms and events.graph
+    assert "figures/confusion_matrix" in events.images or not figures_installed()
+    assert f"log directory: {run}" in out
 
 
 def test_help_exits_0(capsys):

@@ -19,9 +19,16 @@ import torch
 
 from tbhooks.demo.data import DemoData, load_digits, load_fashion_mnist, make_loaders
 from tbhooks.demo.errors import DemoError, one_line
-from tbhooks.demo.loops import LEARNING_RATE, LOOPS, hparams_of
+from tbhooks.demo.loops import LEARNING_RATE, LOOPS, NEEDS, hparams_of
 from tbhooks.demo.net import Net
-from tbhooks.demo.plugins import FIGURES_PLUGIN, EpochPrinter, demo_plugins, installed_plugin_names
+from tbhooks.demo.plugins import (
+    FIGURES_PLUGIN,
+    NET_ACTIVATIONS,
+    TEXT_ACTIVATIONS,
+    EpochPrinter,
+    demo_plugins,
+    installed_plugin_names,
+)
 from tbhooks.demo.report import Dashboard, dashboard_summary, format_report
 
 if TYPE_CHECKING:
@@ -30,7 +37,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 DEFAULT_LOGDIR = "runs/demo"
-DEFAULT_EPOCHS = {"digits": 8, "fashion-mnist": 2}
+DEFAULT_EPOCHS = {"digits": 8, "fashion-mnist": 2, "text": 2}
 """Epochs when ``--epochs`` is not given: digits reaches over 90% test accuracy
 in 3 epochs and about 97% in 8; FashionMNIST has 60000 training images."""
 DEFAULT_BATCH_SIZE = 32
@@ -78,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--loop",
         choices=tuple(LOOPS),
         default=next(iter(LOOPS)),
-        help="how to train: trainer = tbhooks.Trainer (default), custom = the hand-written loop around tbhooks.attach",
+        help="how to train: trainer = tbhooks.Trainer (default), custom = the hand-written loop around tbhooks.attach, "
+        "lightning, ignite = the tutorial's network in that framework, transformers = a tiny BERT on generated text "
+        "in Hugging Face's Trainer (each framework through tbhooks' adapter)",
     )
     parser.add_argument(
         "--limit", type=_positive_int, default=None, metavar="N", help="use the first N images of each split"
@@ -171,9 +180,24 @@ def check_disable(names: list[str], epochs: int) -> None:
         raise DemoError(f"--disable: {one_line(exc)}") from None
 
 
+def check_loop(loop: str) -> None:
+    """A framework loop whose framework is not installed is a :class:`DemoError` naming the extra."""
+    import importlib.util
+
+    needs, extra = NEEDS.get(loop, ([], ""))
+    missing = [" or ".join(names) for names in needs if all(importlib.util.find_spec(n) is None for n in names)]
+    if missing:
+        raise DemoError(f"--loop {loop} needs {', '.join(missing)}: pip install '{extra}'")
+
+
 def load_data(args: argparse.Namespace) -> DemoData:
-    """The data set ``--dataset`` names, cut to ``--limit``; an empty split is a :class:`DemoError`."""
-    if args.dataset == "digits":
+    """The data set ``--dataset`` names (generated text for ``--loop transformers``), cut to ``--limit``;
+    an empty split is a :class:`DemoError`."""
+    if args.loop == "transformers":
+        from tbhooks.demo.text import text_data
+
+        data = text_data(seed=args.seed)
+    elif args.dataset == "digits":
         data = load_digits(seed=args.seed)
     else:
         data = load_fashion_mnist(args.data_dir, download=args.download)
@@ -187,7 +211,9 @@ def _run(args: argparse.Namespace, device: torch.device, stream: Any) -> DemoRes
     from tbhooks.writer import check_logdir
 
     started = time.perf_counter()
-    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.dataset]
+    check_loop(args.loop)
+    text = args.loop == "transformers"
+    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS["text" if text else args.dataset]
     disable = list(dict.fromkeys(args.disable))
     check_disable(disable, epochs)
     notes = []
@@ -201,14 +227,19 @@ def _run(args: argparse.Namespace, device: torch.device, stream: Any) -> DemoRes
     writer_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 reports
     if writer_rank:
         print(
-            f"tbhooks demo: training on {data.name} ({len(data.train)} training / {len(data.test)} test images), "
+            f"tbhooks demo: training on {data.name} ({len(data.train)} training / {len(data.test)} test samples), "
             f"{epochs} epochs, {device.type}, loop: {args.loop}",
             file=stream or sys.stdout,
             flush=True,
         )
 
     torch.manual_seed(args.seed)
-    model = Net(classes=len(data.class_names))
+    if text:
+        from tbhooks.demo.text import tiny_bert
+
+        model: nn.Module = tiny_bert(len(data.class_names))
+    else:
+        model = Net(classes=len(data.class_names))
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     train_loader, test_loader = make_loaders(data, args.batch_size, seed=args.seed)
     run_dir = fresh_run_dir(args.logdir, f"{data.name}-{args.loop}")
@@ -217,6 +248,7 @@ def _run(args: argparse.Namespace, device: torch.device, stream: Any) -> DemoRes
             check_logdir(run_dir)
         except ValueError as exc:
             raise DemoError(f"--logdir: {one_line(exc)}") from None
+    printer = EpochPrinter(epochs, stream)
     metrics = LOOPS[args.loop](
         model,
         optimizer,
@@ -225,7 +257,7 @@ def _run(args: argparse.Namespace, device: torch.device, stream: Any) -> DemoRes
         epochs=epochs,
         logdir=run_dir,
         device=device,
-        plugins=[*demo_plugins(steps_per_epoch, epochs), EpochPrinter(epochs, stream)],
+        plugins=[*demo_plugins(steps_per_epoch, epochs, TEXT_ACTIVATIONS if text else NET_ACTIVATIONS), printer],
         disable=disable,
         class_names=data.class_names,
         hparams=hparams_of(model, optimizer, epochs, args.batch_size),

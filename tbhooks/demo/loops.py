@@ -114,8 +114,21 @@ def fit_custom_loop(
         return hooks.last_metrics
 
 
-LOOPS: dict[str, FitLoop] = {
-    "trainer": fit_trainer,
-    "custom": fit_custom_loop,
-}
+def _framework_loops() -> dict[str, FitLoop]:
+    # Each module imports its framework only inside its fit function.
+    from tbhooks.demo.loop_ignite import fit_ignite
+    from tbhooks.demo.loop_lightning import fit_lightning
+    from tbhooks.demo.text import fit_transformers
+
+    return {"lightning": fit_lightning, "ignite": fit_ignite, "transformers": fit_transformers}
+
+
+LOOPS: dict[str, FitLoop] = {"trainer": fit_trainer, "custom": fit_custom_loop, **_framework_loops()}
 """``--loop`` name -> fit function; the first entry is the default."""
+
+NEEDS: dict[str, tuple[list[tuple[str, ...]], str]] = {
+    "lightning": ([("lightning", "pytorch_lightning")], "tbhooks[lightning]"),
+    "ignite": ([("ignite",)], "tbhooks[ignite]"),
+    "transformers": ([("transformers",), ("accelerate",)], "tbhooks[transformers]"),
+}
+"""Per framework loop: the modules it needs (each tuple: any one of them) and the extra that installs them."""

@@ -23,7 +23,13 @@ FIGURES_PLUGIN = "figures"
 """The entry-point name of the ``tbhooks-figures`` distribution."""
 
 
-def demo_plugins(steps_per_epoch: int, epochs: int) -> list[object]:
+NET_ACTIVATIONS = ("conv1", "conv2", "fc1", "fc2", "fc3")
+"""The tutorial network's layers, whose outputs the histograms show."""
+TEXT_ACTIVATIONS = ("bert.encoder.layer.0", "bert.encoder.layer.1", "classifier")
+"""The tiny BERT's layers (``--loop transformers``), likewise."""
+
+
+def demo_plugins(steps_per_epoch: int, epochs: int, activations: tuple[str, ...] = NET_ACTIVATIONS) -> list[object]:
     """The built-ins configured for the demo's small data (each replaces its default by name).
 
     The intervals follow the epoch length, so a short run still fills every
@@ -42,7 +48,7 @@ def demo_plugins(steps_per_epoch: int, epochs: int) -> list[object]:
         # (MEAN,)/(STD,) undo the normalisation, so the images look like the digits.
         Images(mean=(MEAN,), std=(STD,)),
         # Activations of every layer, captured by module hooks on the logging steps only.
-        Histograms(every_n_steps=max(1, steps_per_epoch // 2), activations=["conv1", "conv2", "fc1", "fc2", "fc3"]),
+        Histograms(every_n_steps=max(1, steps_per_epoch // 2), activations=list(activations)),
         # The 84 features fc3 reads, of up to 1000 test images, with the images as sprites.
         Embeddings(every_n_evals=epochs, mean=(MEAN,), std=(STD,)),
     ]

@@ -101,7 +101,7 @@ def format_report(result: DemoResult, logdir: str | Path) -> str:
     accuracy = result.metrics.get("accuracy")
     lines = [
         f"final test accuracy: {accuracy:.4f}" if accuracy is not None else "final test accuracy: n/a",
-        f"  ({result.data.name}, {len(result.data.train)} training / {len(result.data.test)} test images, "
+        f"  ({result.data.name}, {len(result.data.train)} training / {len(result.data.test)} test samples, "
         f"{result.device.type}, {result.seconds:.1f} s)",
         f"log directory: {result.run_dir}",
         "written per dashboard (read back from the run):",
