@@ -36,7 +36,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import tutorial_net  # noqa: E402  (make bench's W1 network)
+from rows import tutorial_net  # noqa: E402  (make bench's W1 network)
 
 CUDA_TESTS = ["tests/test_cuda_sync.py", "tests/test_plugin_histograms.py"]
 

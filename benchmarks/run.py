@@ -3,10 +3,10 @@
 
 Prints every table as it goes, writes ``benchmarks/RESULTS.md`` (``--out``: elsewhere) and quotes its tables in
 README.md; ``--quick`` is a tiny configuration for the smoke test (numbers meaningless).  Measured in lockstep:
-each row trains through a :class:`Lockstep` loader that runs one step of a bare loop on its own copy of the
-network before handing over each batch, so both share whatever the machine does meanwhile; a row's ratio is
-the bare steps' time over the row's own time (its wall time, model creation to closed logs, less the bare
-steps'), and the control (the bare loop against itself) measures the method's own cost, taken out of every row.
+each row (what it trains is in ``benchmarks/rows.py``) trains through a :class:`Lockstep` loader that runs one
+step of a bare loop on its own copy of the network before handing over each batch, so both share whatever the
+machine does meanwhile; a row's ratio is the bare steps' time over the row's own time in the steady state, and
+the control (the bare loop against itself) measures the method's own cost, taken out of every row.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
-import logging
 import os
 import platform
 import statistics
@@ -29,269 +28,34 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import tbhooks
 
 HERE = Path(__file__).resolve().parent
-CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
-CONTROL = "bare loop"
-DEFAULT_SCHEDULE = (50, 1000)  # tbhooks' defaults: scalars every 50 steps, histograms every 1000
+sys.path.insert(0, str(HERE))  # rows.py beside this file, however this file is loaded (make bench, the smoke test)
 
-
-def tutorial_net() -> nn.Sequential:
-    """The network of the PyTorch TensorBoard tutorial (Fashion-MNIST, 28x28 grey images)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Flatten(), nn.Linear(16 * 4 * 4, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
-    )  # fmt: skip
-
-
-def conv_net(c: int) -> nn.Sequential:
-    """W2's compute-bound CNN: five 3x3 convolutions with batch norm (``c`` to ``4c`` channels), 10 classes."""
-
-    def block(inputs: int, outputs: int) -> list[nn.Module]:
-        return [nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU()]
-
-    return nn.Sequential(
-        *block(3, c), *block(c, c), nn.MaxPool2d(2), *block(c, 2 * c), *block(2 * c, 2 * c), nn.MaxPool2d(2),
-        *block(2 * c, 4 * c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * c, 10),
-    )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """One workload's sizes and logging schedule (the same for every row)."""
-
-    steps: int  # training steps per run
-    interval: int  # the schedule's "every 1000 steps": histograms, evaluations, the tutorial's figure
-    scalars: int  # the schedule's "every 50 steps": scalars
-    reps: int
-    channels: int = 0  # W2's CNN width
-    skip: int = 0  # steps before the steady state (the first step traces the graph, say)
-
-    def warm(self) -> Sizes:
-        """A few steps through every code path of every row (imports, first calls), before the timing."""
-        return replace(self, steps=4, interval=2, scalars=1, skip=1)
-
-
-@dataclass
-class Workload:
-    """A network, its data, its sizes and the initial weights every row starts from."""
-
-    name: str
-    title: str
-    sizes: Sizes
-    make: Callable[[], nn.Module]
-    train: Any  # a DataLoader; a Lockstep while a row runs
-    eval: DataLoader[Any]
-    initial: dict[str, torch.Tensor]
-    root: Path
-    epochs: int  # an epoch is one interval: the Trainer evaluates after each
-    scaled: bool  # the schedule is not tbhooks' default
-
-    def model(self) -> nn.Module:
-        net = self.make()
-        net.load_state_dict(self.initial)
-        return net
-
-    @staticmethod
-    def optimizer(net: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
-
-    def logdir(self, row: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=f"{self.name}-{row}-", dir=self.root))
-
-
-def make_workload(name: str, sizes: Sizes, root: Path) -> Workload:
-    """W1: the tutorial's network, batch 4 of 28x28x1; W2: ``conv_net``, batch 32 of 32x32x3; random data."""
-    w1 = name == "W1"
-    batch, shape = (4, (1, 28, 28)) if w1 else (32, (3, 32, 32))
-    make: Callable[[], nn.Module] = tutorial_net if w1 else lambda: conv_net(sizes.channels)
-    title = "the tutorial's network, batch 4, 28x28x1" if w1 else "a CNN of five 3x3 conv layers with batch norm "
-    title += "" if w1 else f"({sizes.channels} to {4 * sizes.channels} channels), batch 32, 32x32x3"
-    g, n = torch.Generator().manual_seed(0), sizes.interval * batch
-    train = TensorDataset(torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g))
-    held_out = TensorDataset(torch.randn(64, *shape, generator=g), torch.randint(0, 10, (64,), generator=g))
-    torch.manual_seed(0)
-    initial = {k: v.clone() for k, v in make().state_dict().items()}
-    loaders = DataLoader(train, batch_size=batch), DataLoader(held_out, batch_size=batch)
-    scaled = (sizes.scalars, sizes.interval) != DEFAULT_SCHEDULE
-    return Workload(name, title, sizes, make, *loaders, initial, root, sizes.steps // sizes.interval, scaled)
-
-
-def bare_loop(w: Workload) -> None:
-    """No logging at all, the tutorial's order of calls (the control: the bare loop in lockstep with itself)."""
-    net, loss_fn = w.model(), nn.CrossEntropyLoss()
-    opt = w.optimizer(net)
-    for _ in range(w.epochs):
-        for inputs, labels in w.train:
-            opt.zero_grad()
-            loss_fn(net(inputs), labels).backward()
-            opt.step()
-
-
-PLUGINS: dict[str, str] = {}  # per tbhooks row, the plugins its last run registered (reported: autoload was on)
-
-
-def fit_tbhooks(w: Workload, row: str, plugins: list[Any], evaluate: bool) -> None:
-    from tbhooks.default_plugins.scalars import Scalars
-
-    if w.scaled:
-        plugins = [Scalars(every_n_steps=w.sizes.scalars), *plugins]
-    net = w.model()
-    trainer = tbhooks.Trainer(
-        net, w.optimizer(net), nn.CrossEntropyLoss(), logdir=w.logdir(row), device="cpu", progress=False,
-        class_names=list(CLASSES), plugins=plugins, autoload=True,
-    )  # fmt: skip
-    trainer.fit(w.train, epochs=w.epochs, eval_loader=w.eval if evaluate else None)
-    if trainer.hooks is not None:
-        PLUGINS[row] = ", ".join(sorted(name for name, _ in trainer.hooks.plugin_manager.list_name_plugin()))
-
-
-def tbhooks_default(w: Workload) -> None:
-    """``tbhooks.Trainer`` with every default, the installed plugins' entry points loaded (as ``make`` installs
-    them), no evaluation loader."""
-    from tbhooks.default_plugins.histograms import Histograms
-
-    fit_tbhooks(w, "default", [Histograms(every_n_steps=w.sizes.interval)] if w.scaled else [], evaluate=False)
-
-
-def tbhooks_every(w: Workload) -> None:
-    """The Trainer with every plugin on: histograms of weights, grads and every leaf module's activations every
-    interval; an evaluation on 64 images every interval (embeddings, PR curves, the figures plugin's two
-    figures; its forward passes count against the row); the rest at their defaults; entry points loaded."""
-    from tbhooks.default_plugins.histograms import Histograms
-
-    fit_tbhooks(w, "every", [Histograms(every_n_steps=w.sizes.interval, activations="all")], evaluate=True)
-
-
-def plain_writer(w: Workload) -> None:
-    """SummaryWriter calls on tbhooks' default schedule: the loss read once per scalars step (``add_scalar`` of it
-    and the learning rate), ``add_histogram`` of weights and grads every interval, ``add_graph`` and an image
-    grid once."""
-    from torch.utils.tensorboard import SummaryWriter
-    from torchvision.utils import make_grid
-
-    net, loss_fn = w.model(), nn.CrossEntropyLoss()
-    opt, step = w.optimizer(net), 0
-    writer = SummaryWriter(str(w.logdir("plain")))
-    for _ in range(w.epochs):
-        for inputs, labels in w.train:
-            opt.zero_grad()
-            loss = loss_fn(net(inputs), labels)
-            loss.backward()
-            opt.step()
-            step += 1
-            if step == 1:
-                writer.add_graph(net, inputs)
-                writer.add_image("inputs", make_grid(inputs[:16], normalize=True), step)
-            if step % w.sizes.scalars == 0:
-                writer.add_scalar("train/loss", loss.item(), step)
-                writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
-            if step % w.sizes.interval == 0:
-                for name, p in net.named_parameters():
-                    writer.add_histogram(f"weights/{name}", p, step)
-                    writer.add_histogram(f"grads/{name}", p.grad, step)
-    writer.close()
-
-
-def plot_classes_preds(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> plt.Figure:
-    """The tutorial's figure: four images titled with predicted class, probability and label (pyplot)."""
-    output = net(images)
-    predictions = torch.max(output, 1)[1].numpy()
-    probabilities = [torch.softmax(row, dim=0)[int(i)].item() for i, row in zip(predictions, output, strict=True)]
-    figure = plt.figure(figsize=(12, 48))
-    for index in range(4):
-        axes = figure.add_subplot(1, 4, index + 1, xticks=[], yticks=[])
-        plt.imshow((images[index].mean(dim=0) / 2 + 0.5).numpy(), cmap="Greys")
-        axes.set_title(
-            f"{CLASSES[predictions[index]]}, {probabilities[index] * 100.0:.1f}%\n(label: {CLASSES[labels[index]]})",
-            color="green" if predictions[index] == labels[index].item() else "red",
-        )
-    return figure
-
-
-def tutorial(w: Workload) -> None:
-    """The tutorial's own code: ``loss.item()`` every step; ``add_scalar`` of the running loss and ``add_figure``
-    of its pyplot predictions figure every interval; ``add_graph`` and an image grid once."""
-    from torch.utils.tensorboard import SummaryWriter
-    from torchvision.utils import make_grid
-
-    net, loss_fn = w.model(), nn.CrossEntropyLoss()
-    opt, every, running_loss = w.optimizer(net), w.sizes.interval, 0.0
-    writer = SummaryWriter(str(w.logdir("tutorial")))
-    for epoch in range(w.epochs):
-        for i, (inputs, labels) in enumerate(w.train):
-            if epoch == i == 0:
-                writer.add_image("four_fashion_mnist_images", make_grid(inputs))
-                writer.add_graph(net, inputs)
-            opt.zero_grad()
-            loss = loss_fn(net(inputs), labels)
-            loss.backward()
-            opt.step()
-            running_loss += loss.item()
-            if i % every == every - 1:
-                step = epoch * every + i
-                writer.add_scalar("training loss", running_loss / every, step)
-                writer.add_figure("predictions vs. actuals", plot_classes_preds(net, inputs, labels), global_step=step)
-                running_loss = 0.0
-    writer.close()
-
-
-def lightning(w: Workload) -> None:
-    """A LightningModule calling ``self.log`` on its loss, TensorBoardLogger, ``log_every_n_steps`` = the scalars
-    interval; no checkpointing, progress bar or model summary."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    for name in ("pytorch_lightning", "lightning_fabric"):  # their info lines (levels set at import)
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-    class LitNet(pl.LightningModule):
-        def __init__(self, net: nn.Module) -> None:
-            super().__init__()
-            self.net, self.loss_fn = net, nn.CrossEntropyLoss()
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            loss = self.loss_fn(self.net(batch[0]), batch[1])
-            self.log("train_loss", loss)
-            return loss
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return Workload.optimizer(self)
-
-    trainer = pl.Trainer(
-        max_epochs=w.epochs, logger=TensorBoardLogger(save_dir=str(w.logdir("lightning"))),
-        log_every_n_steps=w.sizes.scalars, enable_progress_bar=False, enable_checkpointing=False,
-        enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0,
-    )  # fmt: skip
-    trainer.fit(LitNet(w.model()), train_dataloaders=w.train)
-
-
-def ignite(w: Workload) -> None:
-    """``create_supervised_trainer`` with TensorboardLogger: OutputHandler (the loss) every scalars interval,
-    weights and grads histograms every interval."""
-    from ignite.engine import Events, create_supervised_trainer
-    from ignite.handlers.tensorboard_logger import GradsHistHandler, TensorboardLogger, WeightsHistHandler
-
-    logging.getLogger("ignite").setLevel(logging.ERROR)
-    net = w.model()
-    trainer = create_supervised_trainer(net, w.optimizer(net), nn.CrossEntropyLoss())
-    logger = TensorboardLogger(log_dir=str(w.logdir("ignite")))
-    every = Events.ITERATION_COMPLETED(every=w.sizes.scalars)
-    logger.attach_output_handler(trainer, event_name=every, tag="training", output_transform=lambda x: {"loss": x})
-    for handler in (WeightsHistHandler(net), GradsHistHandler(net)):
-        logger.attach(trainer, handler, Events.ITERATION_COMPLETED(every=w.sizes.interval))
-    trainer.run(w.train, max_epochs=w.epochs)
-    logger.close()
+from rows import (  # noqa: E402
+    CONTROL,
+    DEFAULT_SCHEDULE,
+    PLUGINS,
+    Sizes,
+    Workload,
+    bare_loop,
+    ignite,
+    ignite_bare,
+    ignite_tbhooks,
+    lightning,
+    lightning_bare,
+    lightning_tbhooks,
+    make_workload,
+    plain_writer,
+    tbhooks_default,
+    tbhooks_every,
+    tutorial,
+)
 
 
 @dataclass(frozen=True)
@@ -314,8 +78,12 @@ ROWS = [
     Row("tbhooks, every plugin", tbhooks_every, {"W1": 0.94, "W2": 0.98}),
     Row("plain SummaryWriter", plain_writer),
     Row("the tutorial's code", tutorial),
-    Row("Lightning + TensorBoardLogger", lightning, needs="pytorch_lightning"),
-    Row("Ignite + TensorboardLogger", ignite, needs="ignite"),
+    Row("Lightning, no logger", lightning_bare, needs="pytorch_lightning"),
+    Row("Lightning + TensorBoardLogger", lightning, base="Lightning, no logger", needs="pytorch_lightning"),
+    Row("Lightning + tbhooks callback", lightning_tbhooks, {"W2": 0.99}, "Lightning, no logger", "pytorch_lightning"),
+    Row("Ignite, no logger", ignite_bare, needs="ignite"),
+    Row("Ignite + TensorboardLogger", ignite, base="Ignite, no logger", needs="ignite"),
+    Row("Ignite + tbhooks", ignite_tbhooks, {"W2": 0.99}, "Ignite, no logger", "ignite"),
 ]
 
 
@@ -453,13 +221,17 @@ def table(header: str, rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def workload_section(w: Workload, rows: list[Row], runs: Runs, skipped: Mapping[str, str]) -> str:
-    """A workload's heading, sizes, main table, the method's cost and every run's seconds."""
-    found, body = ratios(w, [r for r in rows if r.name not in skipped], runs), []
+Summary = dict[str, tuple[str, str]]  # per row: its ratio cell ("median (range)") and its verdict
+
+
+def workload_section(w: Workload, rows: list[Row], runs: Runs, skipped: Mapping[str, str]) -> tuple[str, Summary]:
+    """A workload's heading, sizes, main table, the method's cost and every run's seconds; and its summary."""
+    found, body, summary = ratios(w, [r for r in rows if r.name not in skipped], runs), [], {}
     for row in rows:
         target = row.targets.get(w.name)
         if row.name in skipped:
             body.append([row.name, row.base, "skipped", "—", "—", "—", "—", skipped[row.name]])
+            summary[row.name] = ("skipped", "—")
             continue
         raw, cor = found[row.name]
         median, spread = f"{statistics.median(cor):.3f}", f"{min(cor):.3f}–{max(cor):.3f}"
@@ -469,6 +241,7 @@ def workload_section(w: Workload, rows: list[Row], runs: Runs, skipped: Mapping[
         body.append(
             [row.name, row.base, f"{statistics.median(raw):.3f}", median, spread, once, goal, verdict(cor, target)]
         )
+        summary[row.name] = (f"{median} ({spread})", "—" if target is None else f"{goal}: {verdict(cor, target)}")
     s = w.sizes
     steady = s.steps - s.skip
     bare_ms = statistics.median(b for b, _, _ in runs[CONTROL]) / steady * 1e3
@@ -478,7 +251,7 @@ def workload_section(w: Workload, rows: list[Row], runs: Runs, skipped: Mapping[
         for n, v in runs.items()
         for i, (b, o, t) in enumerate(v)
     ]
-    return (
+    text = (
         f"## {w.name}: {w.title}\n\n{s.steps} steps per run (the steady state: steps {s.skip + 1} to {s.steps}), "
         f"{s.reps} repetitions, bare step {bare_ms:.2f} ms (median over the control's runs).\n\n"
         f"{table(HEADER, body)}\n\nThe method's own cost, taken out: "
@@ -486,6 +259,16 @@ def workload_section(w: Workload, rows: list[Row], runs: Runs, skipped: Mapping[
         f"bare steps.\n\nEvery run ({w.name}; seconds; bare: the paired bare steps' time in the steady state; own: "
         f"the steady state's wall time less that):\n\n{table(RUNS_HEADER, each)}\n"
     )
+    return text, summary
+
+
+def summary_table(rows: list[Row], summaries: dict[str, Summary]) -> str:
+    """One line per row: its ratio to its base (control taken out, median and range) and its verdict in each
+    workload: what the README quotes."""
+    names = list(summaries)
+    head = "row|relative to|" + "|".join(f"{n} ratio (range)|{n} target: verdict" for n in names)
+    body = [[r.name, r.base, *(cell for n in names for cell in summaries[n][r.name])] for r in rows]
+    return table(head, body)
 
 
 def machine() -> dict[str, str]:
@@ -527,10 +310,11 @@ every row on its workload's schedule."""
 
 
 def render(info: dict[str, str], sections: list[str], workloads: list[Workload], extra: dict[str, Any]) -> str:
-    """RESULTS.md: machine, method, sizes, rows, then each workload's section."""
+    """RESULTS.md: the summary, machine, method, sizes, rows, then each workload's section."""
     out = ["# tbhooks benchmark results\n", "Written by `benchmarks/run.py` (`make bench`); do not edit by hand.\n"]
     if extra["quick"]:
         out.append("**--quick run: tiny sizes for the smoke test; these numbers mean nothing.**\n")
+    out.append(f"## Summary\n\nSteady-state ratios, control taken out; {info['date']}.\n\n{extra['summary']}\n")
     out.append("## Machine\n\n" + "".join(f"- {k}: {v}\n" for k, v in info.items()))
     out[-1] += f"- load average (1/5/15 min) at start: {extra['load'][0]}; at end: {extra['load'][1]}\n"
     out[-1] += f"- total time of this run: {extra['elapsed']:.0f} s\n"
@@ -554,26 +338,20 @@ README_END = "<!-- make bench writes up to here -->"
 
 
 def quote_in_readme(report: str, readme: Path) -> None:
-    """Copy each workload's table into the README between its markers, so the figures the README quotes are
+    """Copy the summary table into the README between its markers, so the figures the README quotes are
     always the latest this command measured (never typed in)."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         print(f"{readme}: no benchmark markers; not quoted")
         return
-    date = next((line.split(": ", 1)[1] for line in report.splitlines() if line.startswith("- date: ")), "?")
-    parts = [f"{README_START}\nFrom `make bench` of {date} (sizes, method, machine: [benchmarks/RESULTS.md]"]
-    parts[0] += "(benchmarks/RESULTS.md)):"
-    for section in report.split("\n## ")[1:]:
-        if section.startswith("W"):
-            heading, sizes, main = section.split("\n\n")[:3]
-            parts.append(f"**{heading}** ({sizes.split(',')[0]}; {sizes.split(', ')[1]})\n\n{main}")
+    summary = report.split("## Summary\n\n", 1)[1].split("\n## ", 1)[0].strip()
     start, end = text.index(README_START), text.index(README_END) + len(README_END)
-    readme.write_text(text[:start] + "\n\n".join(parts) + f"\n{README_END}" + text[end:])
-    print(f"quoted the tables in {readme}")
+    readme.write_text(text[:start] + f"{README_START}\n{summary}\n{README_END}" + text[end:])
+    print(f"quoted the summary in {readme}")
 
 
 FULL = {
-    "W1": Sizes(steps=2000, interval=1000, scalars=50, reps=5, skip=20),
+    "W1": Sizes(steps=2000, interval=1000, scalars=50, reps=4, skip=20),
     "W2": Sizes(200, 100, 5, 3, channels=12, skip=5),
 }
 QUICK = {"W1": Sizes(steps=20, interval=10, scalars=5, reps=2, skip=2), "W2": Sizes(4, 2, 1, 2, channels=4, skip=1)}
@@ -603,18 +381,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: skipping {name}: {why}")
     if not importlib.util.find_spec("tbhooks_figures"):
         print("note: tbhooks-figures is not installed: the every-plugin row draws no figure")
-    rows, sections, workloads = [row for row in ROWS if row.name not in skipped], [], []
+    rows, sections, workloads, summaries = [row for row in ROWS if row.name not in skipped], [], [], {}
     with tempfile.TemporaryDirectory(prefix="tbhooks-bench-") as tmp:
         for name, sizes in (QUICK if args.quick else FULL).items():
             w = make_workload(name, sizes, Path(tmp))
             print(f"\n{name}: {w.title}" + ("" if args.quick else "; warm-up: every row once"), flush=True)
             if not args.quick:  # the quick run's sizes are a warm-up's
                 measure(make_workload(name, sizes.warm(), Path(tmp)), rows, 1, quiet=True)
-            sections.append(workload_section(w, ROWS, measure(w, rows, sizes.reps), skipped))
+            section, summaries[name] = workload_section(w, ROWS, measure(w, rows, sizes.reps), skipped)
+            sections.append(section)
             workloads.append(w)
             print("\n" + sections[-1].split("\n\nEvery run")[0], flush=True)
     schedstat = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").exists()
     extra = {"quick": args.quick, "load": (load, loadavg()), "elapsed": time.perf_counter() - begun}
+    extra["summary"] = summary_table(ROWS, summaries)
     report = render(info, sections, workloads, {**extra, "schedstat": schedstat})
     args.out.write_text(report)
     print(f"\nwrote {args.out} ({extra['elapsed']:.0f} s in all)")
