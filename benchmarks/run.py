@@ -263,12 +263,15 @@ def workload_section(w: Workload, rows: list[Row], runs: Runs, skipped: Mapping[
 
 
 def summary_table(rows: list[Row], summaries: dict[str, Summary]) -> str:
-    """One line per row: its ratio to its base (control taken out, median and range) and its verdict in each
-    workload: what the README quotes."""
+    """One line per row: its ratio to its base in each workload (control taken out: median and range) and
+    its targets' verdicts: what the README quotes."""
     names = list(summaries)
-    head = "row|relative to|" + "|".join(f"{n} ratio (range)|{n} target: verdict" for n in names)
-    body = [[r.name, r.base, *(cell for n in names for cell in summaries[n][r.name])] for r in rows]
-    return table(head, body)
+    body = []
+    for r in rows:
+        verdicts = [f"{n} {summaries[n][r.name][1]}" for n in names if summaries[n][r.name][1] != "—"]
+        title = r.name if r.base == CONTROL or r.base in r.name else f"{r.name} (vs {r.base})"
+        body.append([title, *(summaries[n][r.name][0] for n in names), "; ".join(verdicts) or "—"])
+    return table("row|" + "|".join(f"{n} ratio (range)" for n in names) + "|target: verdict", body)
 
 
 def machine() -> dict[str, str]:

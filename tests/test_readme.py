@@ -80,7 +80,7 @@ def test_readme_examples_run_as_written(index, tmp_path, monkeypatch, capsys):
 def test_the_grad_scaler_fragment_gives_plugins_unscaled_gradients(tmp_path):
     from tbhooks.default_plugins.histograms import Histograms
 
-    [fragment] = python_blocks(README.read_text(), fragments=True)
+    fragment = fragment_named("GradScaler")
     assert "scaler.unscale_(optimizer)" in fragment
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
@@ -107,6 +107,86 @@ def test_the_grad_scaler_fragment_gives_plugins_unscaled_gradients(tmp_path):
     for step, value in logged.items():
         assert value.max == pytest.approx(unscaled[step - 1].max().item(), rel=1e-6)
         assert value.sum == pytest.approx(unscaled[step - 1].double().sum().item(), rel=1e-5, abs=1e-9)
+
+
+def fragment_named(name: str) -> str:
+    [found] = [
+        block for block in python_blocks(README.read_text(), fragments=True) if block.startswith(f"{FRAGMENT} {name}")
+    ]
+    return found
+
+
+def classification(n: int = 64) -> torch.utils.data.DataLoader:
+    torch.manual_seed(0)
+    inputs = torch.randn(n, 8)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, inputs[:, :3].argmax(1)), batch_size=8)
+
+
+# Lightning 2.6 uses a torch API torch now deprecates; and it advises on loader workers and a GPU unused.
+@pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)`:FutureWarning")
+@pytest.mark.filterwarnings(r"ignore:The '\w+' does not have many workers:UserWarning")
+@pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning")
+def test_the_lightning_fragment_runs(tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        validation_step = training_step
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TBHOOKS_DISABLE_PLUGINS", "embeddings,graph")
+    namespace = {"pl": pl, "module": Module(), "train_loader": classification(), "val_loader": classification(16)}
+    exec(fragment_named("Lightning"), namespace)
+    assert read_events(tmp_path / "runs" / "lightning").steps("eval/accuracy") == [8, 16]
+
+
+def test_the_ignite_fragment_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TBHOOKS_DISABLE_PLUGINS", "embeddings,graph")
+    model = nn.Linear(8, 3)
+    namespace = {
+        "model": model,
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
+        "loss_fn": nn.functional.cross_entropy,
+        "loader": classification(),
+    }
+    exec(fragment_named("Ignite"), namespace)
+    events = read_events(tmp_path / "runs" / "ignite")
+    assert events.steps("eval/accuracy") == [8, 16] and events.steps("train/epoch_loss") == [8, 16]
+
+
+def test_the_hugging_face_fragment_runs(tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
+    from tbhooks.demo.text import TokenDataset, text_data, tiny_bert
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TBHOOKS_DISABLE_PLUGINS", "embeddings,graph")
+    data = text_data().limited(64)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"), num_train_epochs=1, per_device_train_batch_size=16, eval_strategy="epoch",
+        save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    namespace = {
+        "model": tiny_bert(len(data.class_names)),
+        "training_args": args,
+        "train": TokenDataset(data.train),
+        "test": TokenDataset(data.test),
+    }
+    exec(fragment_named("Hugging Face"), namespace)
+    assert read_events(tmp_path / "runs" / "hf").steps("eval/accuracy") == [4]
 
 
 def test_every_test_the_bad_input_table_names_exists():
