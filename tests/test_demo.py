@@ -303,7 +303,7 @@ def test_fashion_mnist_demo_runs_on_idx_files(tmp_path, capsys):
     (run_dir,) = logdir.iterdir()
     assert run_dir.name.startswith("fashion-mnist-trainer-")
     out = capsys.readouterr().out
-    assert "fashion-mnist, 64 training / 20 test images" in out
+    assert "fashion-mnist, 64 training / 20 test samples" in out
     # The PR curves are named after the FashionMNIST classes (made tag-safe).
     assert set(read_events(run_dir).pr_curves) == {safe_tag("pr_curves", name) for name in demo.FASHION_CLASSES}
 
