@@ -9,10 +9,8 @@ One path for every device: :func:`histogram_row` computes the minimum,
 maximum, count, sum, sum of squares and bucket counts with torch on the
 tensor's own device, without a host synchronisation; on a logging step the
 training thread only enqueues that work.  The run's background thread reads
-the small rows back (the only copy to the host) and writes each histogram
-with ``SummaryWriter.add_histogram_raw``.  The whole tensor never leaves its
-device, where ``add_histogram`` copies it to numpy; FSDP2's sharded parameters
-are binned shard by shard (:func:`sharded_rows`).
+the small rows back and writes them with ``SummaryWriter.add_histogram_raw``;
+FSDP2's sharded parameters are binned shard by shard (:func:`sharded_rows`).
 
 Bins follow ``torch.histc``: ``bins`` equal-width buckets from the smallest
 to the largest finite value, the maximum in the last bucket; a constant
@@ -24,6 +22,7 @@ a tensor with no finite value is not written.
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -73,21 +72,36 @@ def _dtypes(flat: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
     return (torch.float32 if flat.is_floating_point() and flat.dtype != torch.float64 else wide), wide
 
 
+def _finite(values: torch.Tensor) -> torch.Tensor | None:
+    """The mask of the finite values, or ``None`` where every value is known to be finite.
+
+    Known only on the CPU, where reading a value back synchronises nothing: a
+    finite sum means no NaN or infinity (a sum that overflows just takes the
+    masked way).  Elsewhere the mask is always taken, on the device.
+    """
+    if values.device.type == "cpu" and math.isfinite(float(values.sum())):
+        return None
+    return torch.isfinite(values)
+
+
 def _local_stats(flat: torch.Tensor) -> torch.Tensor:
     """``[low, high, num, sum, sum_squares, numel]`` of the finite values of ``flat`` (wide dtype, on its
-    device; ``low``/``high`` are +inf/-inf when there is none)."""
+    device; ``low``/``high`` are NaN when there is none)."""
     work, wide = _dtypes(flat)
-    low = torch.full((), torch.inf, dtype=work, device=flat.device)
-    high = -low
+    low = high = torch.full((), torch.nan, dtype=wide, device=flat.device)
     num, total, square = (flat.new_zeros((), dtype=wide) for _ in range(3))
     for chunk in flat.split(CHUNK):
         values = chunk.to(work)
-        finite = torch.isfinite(values)
-        low = torch.minimum(low, torch.where(finite, values, torch.inf).min())
-        high = torch.maximum(high, torch.where(finite, values, -torch.inf).max())
-        kept = torch.where(finite, values, 0.0).to(wide)
-        num, total, square = num + finite.sum(), total + kept.sum(), square + (kept * kept).sum()
-    return torch.stack([low.to(wide), high.to(wide), num, total, square, num.new_tensor(flat.numel())])
+        finite = _finite(values)
+        if finite is None:
+            kept, count = values.to(wide), num.new_tensor(values.numel())
+        else:  # non-finite values count nowhere: in the sums as 0, in min and max as the finite ones' mean
+            kept, count = torch.where(finite, values, 0.0).to(wide), finite.sum(dtype=wide)
+            values = torch.where(finite, values, (kept.sum() / count).to(work))
+        least, most = torch.aminmax(values)
+        low, high = torch.fmin(low, least.to(wide)), torch.fmax(high, most.to(wide))  # fmin/fmax skip NaN
+        num, total, square = num + count, total + kept.sum(), square + (kept * kept).sum()
+    return torch.stack([low, high, num, total, square, num.new_tensor(flat.numel())])
 
 
 def _edges(stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,10 +120,12 @@ def _counts(flat: torch.Tensor, left: torch.Tensor, right: torch.Tensor, bins: i
     counts = flat.new_zeros(bins + 1, dtype=wide)
     for chunk in flat.split(CHUNK):
         values = chunk.to(work)
-        finite = torch.isfinite(values)
-        position = (torch.where(finite, values, left) - left) * bins / (right - left)
-        index = torch.where(finite, position.long().clamp(0, bins - 1), bins)  # bucket `bins`: counted out
-        counts.scatter_add_(0, index, torch.ones_like(index, dtype=wide))
+        finite = _finite(values)
+        position = ((values - left) * bins / (right - left)).clamp_(0, bins - 1)
+        if finite is not None:
+            position = torch.where(finite, position, bins)  # bucket `bins`: counted out
+        index = position.long()
+        counts.scatter_add_(0, index, counts.new_ones(()).expand(index.shape))
     return counts[:bins]
 
 
