@@ -355,7 +355,7 @@ def quote_in_readme(report: str, readme: Path) -> None:
 
 FULL = {
     "W1": Sizes(steps=2000, interval=1000, scalars=50, reps=4, skip=20),
-    "W2": Sizes(200, 100, 5, 3, channels=12, skip=5),
+    "W2": Sizes(steps=1000, interval=1000, scalars=50, reps=3, channels=12, skip=5),
 }
 QUICK = {"W1": Sizes(steps=20, interval=10, scalars=5, reps=2, skip=2), "W2": Sizes(4, 2, 1, 2, channels=4, skip=1)}
 
