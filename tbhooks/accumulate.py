@@ -1,10 +1,5 @@
-"""The epoch's training losses, summed on their device without a read-back on every step.
-
-A sum updated on every step would launch a kernel on every step; a list of
-references costs an append.  Every :data:`FOLD` values the list is folded into
-the total with one ``stack`` and ``sum``; the total is read back only when
-the epoch ends.
-"""
+"""The epoch's training losses, summed on their device without a read-back or a kernel launch per step:
+references are appended and folded into the total every :data:`FOLD` values with one ``stack`` and ``sum``."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""One worker thread per run for plugin work the training thread must not wait for.
-
-PNG encoding, PR-curve tables, projector files, the read-back of device
-histograms and the hand-off of figures to the render process run here, in
-submission order.  The core waits for all of it before it closes the writer,
-and never in the middle of a run.
-"""
+"""One worker thread per run for plugin work the training thread must not wait for (PNG encoding,
+device read-backs, ...), run in submission order; the core waits for it only before closing the writer."""
 
 from __future__ import annotations
 
@@ -19,13 +14,8 @@ Task = tuple[object, "Callable[..., Any]", tuple[Any, ...], dict[str, Any]]
 
 
 class Background:
-    """The run's background thread; started by the first task.
-
-    A task is ``(owner, fn, args, kwargs)``: ``owner`` is the plugin an error
-    in ``fn`` is reported against.  Errors are only collected here; the
-    training thread reports them (a warning, the plugin unregistered) when it
-    next calls :meth:`take_errors`, never from this thread.
-    """
+    """The run's background thread, started by the first task ``(owner, fn, args, kwargs)``.  An error in
+    ``fn`` is only collected here, against ``owner``; the training thread reports it after :meth:`take_errors`."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Task | None] = queue.Queue(maxsize=64)

@@ -1,18 +1,11 @@
 """Module hooks: capture submodule outputs, inputs and output gradients for the plugins that ask.
 
-Plugins ask through ``on_capture_request``.  On an eager model the core
-registers torch hooks only around the steps where some request is due and
-removes every handle afterwards.  A compiled model (``torch.compile(model)``
-or ``model.compile()``) does not run hooks added after its code was
-compiled, so there the hooks are registered before the first forward pass
-and stay until the run closes, each gated by one flag the compiler guards
-on: the compiled code exists in two variants (capturing or not) whatever the
-schedule, and a step that captures nothing stores nothing.
-
-Which case holds is found at the run's first forward pass by a probe, a
-forward pre-hook on the model that asks ``torch.compiler.is_compiling()``.
-Outside a run, the model's hook dictionaries are exactly as the user left them.
-"""
+On an eager model hooks are registered only around the steps where a request is due, then removed.
+Compiled code ignores hooks added after compilation, so on a compiled model they are registered before
+the first forward pass and stay until the run closes, gated by one flag the compiler guards on (two
+compiled variants, whatever the schedule).  A probe (a forward pre-hook asking
+``torch.compiler.is_compiling()``) tells the cases apart at the first forward pass.  Outside a run, the
+model's hook dictionaries are exactly as the user left them."""
 
 from __future__ import annotations
 
@@ -38,15 +31,11 @@ _KINDS: tuple[str, ...] = ("output", "input", "grad_output")
 class Capture:
     """A plugin's request to capture one tensor of one submodule.
 
-    :param module: the submodule's name as in ``model.named_modules()``
-        (``""`` is the model itself).
-    :param kind: ``"output"`` (the forward output), ``"input"`` (the first
-        positional input of forward) or ``"grad_output"`` (the gradient of
-        the loss with respect to the module's output).
-    :param every_n_steps: capture on training steps that are multiples of
-        this; 0 never captures during training.
-    :param at_eval: capture on every evaluation batch.
-    """
+    :param module: the submodule's name as in ``model.named_modules()`` (``""`` is the model itself).
+    :param kind: ``"output"`` (forward output), ``"input"`` (first positional input of forward) or
+        ``"grad_output"`` (the loss's gradient with respect to the module's output).
+    :param every_n_steps: capture on training steps that are multiples of this; 0 never during training.
+    :param at_eval: capture on every evaluation batch."""
 
     module: str
     kind: Kind = "output"
@@ -86,8 +75,8 @@ def first_tensor(value: Any) -> torch.Tensor | None:
 
 
 class Capturer:
-    """Owns the module hooks of one run: ``start_step``/``end_step`` around each training
-    step, ``start_eval``/``take``/``end_eval`` around an evaluation, ``close`` at the end."""
+    """Owns the module hooks of one run: ``start_step``/``end_step`` around each forward pass
+    (``step=None``: an evaluation batch), ``take`` for what was captured, ``close`` at the end."""
 
     def __init__(self, model: nn.Module) -> None:
         self._model = model
@@ -99,7 +88,7 @@ class Capturer:
         self.active = False
         """Whether the hooks store what they see (read by every hook; a compiler guards on it)."""
         self.compiled: bool | None = None
-        """Whether the model runs compiled code (known after the first forward pass of the run)."""
+        """Whether the model runs compiled code (known after the run's first forward pass)."""
         self._persistent = False
         self._probe: dict[str, bool] = {}
         self._train: list[Capture] = []  # the requests captured on training steps
@@ -124,8 +113,6 @@ class Capturer:
         if step is None:
             return {r.key for _, r in self._requests if r.at_eval}
         return {r.key for _, r in self._requests if r.due(step)}
-
-    # -- around a forward pass ------------------------------------------------
 
     def start_step(self, step: int | None) -> None:
         """Before the forward pass of training step ``step`` (``None``: an evaluation)."""
@@ -173,12 +160,9 @@ class Capturer:
         self._persistent = False
         self.active = False
 
-    # -- the probe ------------------------------------------------------------
-
     def _start_probe(self, keys: set[str]) -> None:
-        # Every requested hook is registered now, before the model's first call (a compiler
-        # compiles then, and sees them), with the probe on the model and on each requested
-        # module (a loop may call a submodule and never the model itself).
+        # Every hook is registered before the model's first call (a compiler compiles then, and sees them);
+        # the probe goes on each requested module too (a loop may never call the model itself).
         probe = self._probe = {"seen": False, "compiling": False}
 
         def look(module: nn.Module, args: Any) -> None:
@@ -193,8 +177,7 @@ class Capturer:
         probe, self._probe = self._probe, {}
         self.compiled = probe["compiling"]
         if probe["compiling"]:
-            # The compiled code runs these hooks, probes included: they stay (a compiler recompiles
-            # when a module's hooks change).
+            # The compiled code runs these hooks: they stay (a compiler recompiles when hooks change).
             self._persistent = True
             return
         for handle in self._probes:
@@ -211,8 +194,6 @@ class Capturer:
                     stacklevel=4,
                 )
             self._requests, self._train = [], []
-
-    # -- hooks ----------------------------------------------------------------
 
     def _register(self, requests: Iterable[Capture]) -> None:
         for request in requests:
@@ -241,8 +222,7 @@ class Capturer:
             if kind != "grad_output":
                 store[key] = tensor.detach()
             elif tensor.requires_grad:
-                # A hook on the output tensor, not a module backward hook: compiled code
-                # supports the former, and it fires once the output's gradient is known.
+                # A tensor hook, not a module backward hook: compiled code supports it.
                 tensor.register_hook(lambda grad: store.__setitem__(key, grad.detach()))
 
         return hook

@@ -1,9 +1,5 @@
-"""Device placement and data sharding for the Trainer under ``torchrun``.
-
-Each rank trains on its own GPU (``cuda:LOCAL_RANK``) or the CPU; training
-data is sharded with ``DistributedSampler``, evaluation data without the
-padding it adds, so gathered evaluation outputs cover the set exactly once.
-"""
+"""Device placement and data sharding for the Trainer under ``torchrun``: each rank on its own GPU or the CPU;
+evaluation data is sharded without ``DistributedSampler``'s padding, so gathered outputs cover the set once."""
 
 from __future__ import annotations
 
@@ -31,10 +27,8 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def local_gpu_problem() -> str | None:
-    """Why this process has no GPU of its own (``cuda:LOCAL_RANK``), or ``None`` when it has one.
-
-    Two ranks on one GPU fail later, inside NCCL, with no hint of the cause.
-    """
+    """Why this process has no GPU of its own (``cuda:LOCAL_RANK``), or ``None``; two ranks on one GPU
+    would fail later, inside NCCL, with no hint of the cause."""
     rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
     if rank < count:
         return None
@@ -45,12 +39,9 @@ def local_gpu_problem() -> str | None:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is this process's CUDA device when there is one, else the CPU.
-
-    ``"cuda"`` (string or index-less ``torch.device``) and ``"auto"`` mean the
-    process's own GPU: ``cuda:LOCAL_RANK`` under torchrun, ``cuda:0`` alone.
-    A local rank with no GPU of its own is a ``ValueError`` here.
-    """
+    """``"auto"`` is this process's CUDA device when there is one, else the CPU.  ``"cuda"`` (or an
+    index-less ``torch.device``) and ``"auto"`` mean ``cuda:LOCAL_RANK`` (``cuda:0`` alone); a local rank
+    with no GPU of its own is a ``ValueError``."""
     if isinstance(device, torch.device):
         if device.type != "cuda" or device.index is not None:
             return device

@@ -11,13 +11,11 @@ if TYPE_CHECKING:
 
     from tbhooks.run import Run
 
-def select_output(outputs: Any, output: str | int | Callable[[Any], torch.Tensor] | None) -> torch.Tensor:
-    """The prediction tensor among a model's outputs.
 
-    ``output=None`` takes a tensor as is, the first element of a tuple or
-    list, and the ``"logits"`` entry of a dict (Hugging Face's model outputs
-    are dicts); a ``str`` picks a dict key, an ``int`` a tuple index, a callable is applied to the outputs.
-    """
+def select_output(outputs: Any, output: str | int | Callable[[Any], torch.Tensor] | None) -> torch.Tensor:
+    """The prediction tensor among a model's outputs.  ``output=None`` takes a tensor as is, the first element
+    of a tuple or list, or a dict's ``"logits"`` (Hugging Face's outputs); a ``str`` picks a dict key, an
+    ``int`` a tuple index, a callable is applied."""
     if callable(output):
         chosen = output(outputs)
     elif isinstance(output, str):
@@ -66,8 +64,7 @@ class EvalState:
         self.batches = 0
 
     def add(self, prediction: torch.Tensor | None, targets: Any, loss: torch.Tensor | None) -> None:
-        """Keep one batch's prediction (``None``: the host had none), targets and (sample-weighted) loss;
-        nothing is read back."""
+        """Keep one batch's prediction (``None``: none here), targets and sample-weighted loss; no read-back."""
         self.batches += 1
         if prediction is not None:
             self.outputs.append(prediction)

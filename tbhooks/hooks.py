@@ -1,12 +1,8 @@
 """The custom-loop API: raise tbhooks' events from any training loop.
 
-:func:`attach` returns a :class:`Hooks`; a hand-written loop calls its
-methods at the points the events describe (the README's quick start shows
-the loop), and the :class:`tbhooks.Trainer` and the framework adapters call
-the very same methods, so all of them write the same logs.  Entering the
-``with`` block fires ``on_fit_start``; leaving it fires ``on_fit_end`` (or
-``on_exception``), closes the writer and removes every module hook,
-whatever happened inside.
+:func:`attach` returns a :class:`Hooks`, whose methods a hand-written loop, the :class:`tbhooks.Trainer` and
+the framework adapters all call, so all write the same logs.  Entering its ``with`` block fires
+``on_fit_start``; leaving it fires ``on_fit_end`` (or ``on_exception``) and closes the run, whatever happened.
 """
 
 from __future__ import annotations
@@ -40,13 +36,12 @@ if TYPE_CHECKING:
 
     from tbhooks.render import Renderer
 
+
 class Hooks:
     """Raises the events of one run; made by :func:`attach` (see there for the options).
 
-    Call the methods in the lifecycle's order (see :mod:`tbhooks.hookspecs`).
-    On a step where no plugin is due, :meth:`batch_end` counts the step and
-    keeps a reference to the loss: no tensor leaves the device and no value
-    is read back.
+    Call the methods in the lifecycle's order.  On a step where no plugin is due, :meth:`batch_end` only
+    counts the step and keeps the loss: no device sync.
     """
 
     def __init__(
@@ -70,7 +65,6 @@ class Hooks:
         start_epoch: int = 0,
     ) -> None:
         from pathlib import Path
-
 
         check_run_options(model, optimizer, flush_secs=flush_secs, start=(start_step, start_epoch), hparams=hparams)
         check_output_option(output)
@@ -116,8 +110,6 @@ class Hooks:
         self._sigterm = SigtermHandler(lambda: self.step)
         close_at_exit.add(self)
 
-    # -- properties -----------------------------------------------------------
-
     @property
     def plugin_manager(self) -> Any:
         """The run's ``pluggy.PluginManager`` (for ``tbhooks.testing`` and introspection)."""
@@ -140,24 +132,18 @@ class Hooks:
 
     @property
     def logdir(self) -> Path:
+        """The run's log directory."""
         return self.run.logdir
 
     def due(self, step: int | None = None) -> bool:
         """Whether ``on_batch_end`` will be raised at ``step`` (default: the coming step).
 
-        A loop can skip work only a logging step needs, such as unscaling a
-        ``GradScaler``'s gradients (the Trainer does that).
+        A loop can skip work only a logging step needs, such as unscaling a ``GradScaler``'s gradients.
         """
         return self._schedule.due(self.step + 1 if step is None else step)
 
-    # -- lifecycle ------------------------------------------------------------
-
     def fit_start(self) -> None:
-        """Fire ``on_fit_start`` and collect the plugins' capture requests.
-
-        Idempotent; entering the ``with`` block and the first ``epoch_start``
-        or ``eval_start`` call it.
-        """
+        """Fire ``on_fit_start`` and collect capture requests; idempotent (``epoch_start``, ``eval_start`` call it)."""
         if self._started:
             return
         self._started = True
@@ -186,20 +172,16 @@ class Hooks:
         self._host.hook.on_epoch_start(run=self.run, step=self.step, epoch=self.epoch)
 
     def batch_start(self) -> None:
-        """Register the module hooks due on the coming step (nothing when none is due).
+        """Register the module hooks due on the coming step; call it before the forward pass.
 
-        Call it before the forward pass; without it, plugins that asked for
-        activations or gradients get nothing on training steps.
+        Without it, plugins that asked for activations or gradients get nothing on training steps.
         """
         self._capturer.start_step(self.step + 1)
 
     def batch_end(self, inputs: Any, targets: Any, outputs: Any, loss: torch.Tensor | None = None) -> None:
-        """Fire ``on_batch_end`` for the batch just trained, for the plugins due at this step.
+        """Fire ``on_batch_end`` for the plugins due at this step; call it after ``optimizer.step()``.
 
-        Call it after ``optimizer.step()``.  A plugin declares its steps with
-        ``batch_end_due`` (see :mod:`tbhooks.hookspecs`); on a step where none
-        is due the event is not raised at all, and the loss still counts
-        toward the epoch's mean.
+        When none is due the event is not raised, and the loss still counts toward the epoch's mean.
         """
         self.step = step = self.step + 1
         self.run.step = step
@@ -270,10 +252,7 @@ class Hooks:
         )
 
     def eval_end(self) -> dict[str, float]:
-        """Fire ``on_eval`` with metrics over the whole evaluation set, then flush.
-
-        Returns the metrics (``loss`` and, for classification, ``accuracy``).
-        """
+        """Fire ``on_eval`` with metrics over the whole evaluation set, flush, and return the metrics."""
         self._capturer.end_step(None)
         self.run.compiled = self._capturer.compiled
         state, self._eval = self._eval, None
@@ -297,11 +276,7 @@ class Hooks:
             self.close()
 
     def exception(self, exc: BaseException) -> None:
-        """Fire ``on_exception`` for ``exc`` that ends the run, then close (module hooks removed, writer closed).
-
-        For :class:`tbhooks.Terminated` (SIGTERM) the process is then ended by SIGTERM itself, so that its
-        exit status is the usual one.
-        """
+        """Fire ``on_exception`` for ``exc``, then close (on :class:`tbhooks.Terminated`, end by SIGTERM)."""
         if self._closed:
             return
         try:
@@ -313,12 +288,7 @@ class Hooks:
             resend_sigterm()
 
     def flush(self) -> None:
-        """Write every pending event to disk and report errors of finished background work.
-
-        It does not wait for background work still running (a figure being
-        drawn): that is flushed by the writer's own interval, the next flush,
-        or ``close``, which waits for all of it.
-        """
+        """Write pending events to disk and report errors of finished background work (not waiting for running work)."""
         self._report_background_errors()
         self.run.writer.flush()
 
@@ -352,8 +322,6 @@ class Hooks:
         if summary:
             logging.getLogger("tbhooks").warning("tbhooks: plugins disabled after errors:\n%s", summary)
 
-    # -- context manager ------------------------------------------------------
-
     def __enter__(self) -> Hooks:
         self.fit_start()
         return self
@@ -365,8 +333,6 @@ class Hooks:
             self.fit_end()
         else:
             self.exception(exc)
-
-    # -- helpers --------------------------------------------------------------
 
     def _get_renderer(self) -> Renderer:
         if self._renderer is None:
@@ -386,10 +352,9 @@ class Hooks:
 def attach(model: nn.Module, *, logdir: str | os.PathLike[str], **options: Any) -> Hooks:
     """Attach tbhooks to ``model`` for a hand-written loop.
 
-    Options: ``optimizer``, ``plugins`` (objects to register), ``disable``
-    (plugin names), ``class_names``, ``hparams``, ``output`` (which output is
-    the prediction), ``autoload``, ``strict``, ``flush_secs`` (default 2),
-    ``stop_on_nonfinite``, ``measure_overhead``, ``epochs`` (for
-    ``on_fit_start``), ``start_step``/``start_epoch`` (resume).
+    Options: ``optimizer``, ``plugins`` (objects to register), ``disable`` (plugin names), ``class_names``,
+    ``hparams``, ``output`` (which output is the prediction), ``autoload``, ``strict``, ``flush_secs``
+    (default 2), ``stop_on_nonfinite``, ``measure_overhead``, ``epochs`` (for ``on_fit_start``),
+    ``start_step``/``start_epoch`` (resume).
     """
     return Hooks(model, logdir=logdir, **options)

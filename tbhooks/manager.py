@@ -1,24 +1,10 @@
 """Build the plugin manager of one run, and guard every plugin it holds.
 
-:func:`make_plugin_manager` is the one factory (there is no module-global
-manager, and nothing is loaded at import time).  It registers, in this order:
-
-1. the hook specs of :mod:`tbhooks.hookspecs`;
-2. the names the user blocked (``disable=`` and ``TBHOOKS_DISABLE_PLUGINS``);
-3. the built-in plugins, imported by dotted name (those a user plugin object
-   replaces by carrying the same name are skipped);
-4. the plugins of the ``tbhooks`` entry-point group of installed
-   distributions, unless ``autoload=False`` or ``TBHOOKS_DISABLE_PLUGIN_AUTOLOAD=1``.
-   An entry point names a module or an instance (registered as is) or a
-   function without arguments that returns a plugin (called once per run, so
-   runs never share a plugin's state);
-5. the plugin objects the user passed;
-
-and ends with ``check_pending()``, so a misspelled hook fails before training.
-
-:class:`PluginHost` then guards each hook implementation, so that a plugin
-that raises is reported once and unregistered, and the run goes on
-(``strict`` re-raises instead).
+:func:`make_plugin_manager` is the one factory (no global manager, nothing loaded at import).  It registers
+the hook specs, the blocked names, the built-in plugins (unless a user plugin takes the name), the
+``tbhooks`` entry points (a module, an instance, or a function returning a new plugin per run), then the
+user's plugins, and runs ``check_pending()`` so a misspelled hook fails before training.
+:class:`PluginHost` reports a plugin that raises once and unregisters it (``strict`` re-raises instead).
 """
 
 from __future__ import annotations
@@ -67,8 +53,7 @@ def env_list(name: str) -> list[str]:
 
 
 def plugin_name(plugin: object) -> str:
-    """The name a user plugin object is registered under: its ``name`` attribute when that is a
-    string, else the module's name for a module, else the class name in lower case."""
+    """The name a user plugin is registered under: its ``name`` string, a module's name, or the class name lowered."""
     name = getattr(plugin, "name", None)
     if isinstance(name, str) and name:
         return name
@@ -139,8 +124,7 @@ def make_plugin_manager(
         autoload = not env_flag("TBHOOKS_DISABLE_PLUGIN_AUTOLOAD")
     blocked = [*disable, *env_list("TBHOOKS_DISABLE_PLUGINS")]
     user_names = [plugin_name(p) for p in plugins]
-    # Installed entry points count as known even with autoload off, so a shared
-    # TBHOOKS_DISABLE_PLUGINS setting stays valid for runs that do not autoload.
+    # Installed entry points count as known even with autoload off: a shared TBHOOKS_DISABLE_PLUGINS stays valid.
     installed = list(entry_points(group=NAME))
     known = sorted({*BUILTIN_PLUGINS, *user_names, *(ep.name for ep in installed)})
     unknown = [name for name in blocked if name not in known]
@@ -221,13 +205,9 @@ class Fault:
 class PluginHost:
     """The run's plugin manager, with every hook implementation guarded.
 
-    pluggy has no per-implementation error handling: an implementation that
-    raises ends the whole hook call.  So each implementation's function
-    (``HookImpl.function``, which pluggy calls) is replaced by a plain guard
-    that calls it, reports an exception once and unregisters its plugin;
-    pluggy still selects, orders and calls the implementations.  With
-    ``strict`` nothing is caught; with ``measure`` the guard also adds each
-    plugin's time to :attr:`overhead`.
+    pluggy lets one raising implementation end the whole hook call, so each ``HookImpl.function`` is
+    wrapped in a guard that reports an exception once and unregisters its plugin.  With ``strict`` nothing
+    is caught; with ``measure`` the guard adds each plugin's time to :attr:`overhead`.
     """
 
     def __init__(
@@ -240,8 +220,7 @@ class PluginHost:
         self.measure = measure
         self.faults: dict[str, Fault] = {}
         self.overhead: dict[str, float] = {}
-        # Names by object, kept after a plugin is unregistered: late errors of its
-        # background work are still attributed to it (and not reported twice).
+        # Kept after a plugin is unregistered, so late background errors are still attributed to it.
         self.names = {id(plugin): name for name, plugin in pm.list_name_plugin() if plugin is not None}
         self._undo_trace: Callable[[], None] | None = None
         if not strict or measure:

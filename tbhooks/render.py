@@ -1,23 +1,12 @@
 """Draw figures in one worker process per run, so drawing never competes with training for the GIL.
 
-:meth:`tbhooks.run.Run.render_image` pickles a drawing function and its
-arguments on the calling thread; the run's background thread sends them over
-a ``multiprocessing.connection`` to the worker, which calls the function, gets
-a ``matplotlib.figure.Figure`` back, saves it as PNG with matplotlib and
-answers with the PNG; the background thread writes it as an image summary.
-
-The worker is started with ``subprocess.Popen`` running this file by its path,
-not with ``multiprocessing``: its spawn and forkserver methods import the
-user's ``__main__`` script again in the child, which runs a training script
-without an ``if __name__ == "__main__"`` guard a second time.  Running the
-file (not ``-m tbhooks.render``) keeps torch out of the worker: importing the
-``tbhooks`` package imports torch.  The worker gets a session of its own, so
-Ctrl-C in a terminal reaches the training process only.  It exits when the
-run closes (an empty message: processes forked from the training process, such
-as DataLoader workers, hold copies of the connection, so its end may never be
-seen), when its connection closes, or when the training process is gone, even
-in the middle of a drawing.
-"""
+The run's background thread sends a pickled drawing function and its arguments to the worker, which
+answers with the ``Figure`` it returns as PNG; the background thread writes it as an image summary.
+The worker is this file run by path with ``subprocess.Popen``, not ``multiprocessing``: spawn and
+forkserver import the user's ``__main__`` again, re-running a training script that has no
+``if __name__ == "__main__"`` guard; running the file (not ``-m``) also keeps torch out of the worker.
+It has a session of its own (Ctrl-C reaches the training process only), is killed when the run closes,
+and exits by itself when the training process is gone, even in the middle of a drawing."""
 
 from __future__ import annotations
 
@@ -49,11 +38,7 @@ class RenderError(RuntimeError):
 
 def render_png(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, int, int]:
     """Call ``fn(*args, **kwargs)`` and save the ``Figure`` it returns as PNG: ``(png, width, height)``.
-
-    The canvas is written as drawn (``print_png``), not through ``savefig``,
-    whose ``savefig.*`` settings in a user's matplotlibrc (dpi, tight bbox,
-    transparency) would change the PNG's size and colours.
-    """
+    ``print_png``, not ``savefig``, whose matplotlibrc settings would change the PNG's size and colours."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -93,13 +78,8 @@ def pickle_request(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
 
 class Renderer:
     """The training process's side of the render worker: started on first use, one request at a time.
-
-    :meth:`submit` runs on the training thread; the drawing is waited for on
-    the run's background thread, which writes the image.  A worker that dies
-    or does not answer within :attr:`timeout` seconds is an error of the
-    plugin that asked; the next request starts a new worker.  Where no worker
-    process can be started, figures are drawn on the background thread.
-    """
+    A worker that dies or does not answer within :attr:`timeout` seconds is an error of the plugin that asked;
+    the next request starts a new one.  Where no process can be started, the background thread draws."""
 
     timeout = 120.0
     """Seconds one drawing may take before the worker is killed."""
@@ -163,8 +143,7 @@ class Renderer:
         except RenderError as exc:
             raise RenderError(f"render_image({tag!r}, step={step}): {exc}") from None
         image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
-        # SummaryWriter has no method that takes an encoded PNG: add_image would decode nothing but
-        # encode the pixels again.  The summary goes through the writer's public file writer.
+        # SummaryWriter has no method taking an encoded PNG (add_image would encode again): use its file writer.
         self._writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def _render(self, payload: bytes) -> tuple[bytes, int, int]:
@@ -200,8 +179,7 @@ class Renderer:
             self._process = self._connection = None
 
     def close(self) -> None:
-        """End the worker.  It holds nothing by now (the run's close waited for every drawing it was asked
-        for), so it is killed rather than waited for: it may still be importing matplotlib."""
+        """Kill the worker: the run's close already waited for every drawing, and it may still be importing."""
         process = self._process
         self._forget()
         if process is not None:
@@ -209,9 +187,7 @@ class Renderer:
             process.wait()
 
 
-# ---------------------------------------------------------------------------
-# the worker process (this file run as a script: no torch, no tbhooks)
-# ---------------------------------------------------------------------------
+# The worker process: this file run as a script (no torch, no tbhooks).
 
 
 def _answer(payload: bytes) -> tuple[Any, ...]:
@@ -229,11 +205,8 @@ def _exit_with(parent: int) -> None:
 
 
 def worker_main(argv: list[str]) -> int:
-    """Serve drawing requests on the connection whose descriptor is ``argv[0]`` until the run ends.
-
-    ``argv[1]`` is the training process's id: a thread ends the worker when
-    that process is gone, even while a drawing never returns.
-    """
+    """Serve drawing requests on the connection whose descriptor is ``argv[0]`` until the run ends;
+    ``argv[1]`` is the training process's id (the worker ends when it is gone)."""
     import importlib
 
     try:

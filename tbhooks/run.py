@@ -1,11 +1,7 @@
 """The run: what every plugin is handed as ``run``, and nothing else.
 
-A :class:`Run` is made by :func:`tbhooks.attach` (the Trainer calls it too).
-Plugins never open their own ``SummaryWriter``: they write through
-``run.writer``, which on ranks other than 0 is a writer that does nothing, so
-a plugin needs no rank checks to be correct, only to skip work
-(``run.is_writer``).  The run's lifecycle (draining background work, closing
-the writer, stopping the render worker) belongs to :class:`tbhooks.Hooks`.
+Plugins write through ``run.writer``, never their own ``SummaryWriter``; on ranks other than 0 it does
+nothing, so rank checks only skip work (``run.is_writer``).  :class:`tbhooks.Hooks` owns its lifecycle.
 """
 
 from __future__ import annotations
@@ -39,24 +35,18 @@ _UNSAFE_TAG = re.compile(r"[^A-Za-z0-9_.\-/]+")
 def safe_tag(*parts: object) -> str:
     """Join ``parts`` with ``/`` into a tag TensorBoard shows as written.
 
-    Runs of characters outside ``[A-Za-z0-9_.-/]`` (spaces, tabs, newlines,
-    quotes, unicode) become one ``_``.  Every built-in plugin names its tags
-    through this function, so odd class or module names are made safe the
-    same way everywhere.
+    Each run of characters outside ``[A-Za-z0-9_.-/]`` becomes one ``_``; built-in plugins name every tag
+    through it, so odd class or module names are made safe the same way everywhere.
     """
     return "/".join(_UNSAFE_TAG.sub("_", str(p)).strip("/") or "_" for p in parts)
 
 
 class Run:
-    """Everything a plugin is handed about the run in progress.
+    """Everything a plugin is handed about the run in progress; made by :func:`tbhooks.attach`.
 
-    Attributes: ``writer``, ``logdir``, ``model`` (unwrapped from
-    DistributedDataParallel and ``torch.compile``), ``compiled``,
-    ``optimizer`` (or ``None``), ``class_names`` (or ``None``), ``hparams``,
-    ``rank``, ``world_size``, ``is_writer``, ``step``, ``epoch``, ``device``.  Helpers: :meth:`submit`,
-    :meth:`render_image`, :meth:`start_render_worker`, :meth:`gather`,
-    :meth:`class_scores`, :meth:`request_stop`, :meth:`check_finite`,
-    :meth:`warn_once`, :meth:`info_once`, :meth:`tag`.
+    Attributes: ``writer``, ``logdir``, ``model`` (unwrapped from DistributedDataParallel and
+    ``torch.compile``), ``compiled``, ``optimizer`` and ``class_names`` (or ``None``), ``hparams``, ``rank``,
+    ``world_size``, ``is_writer``, ``step``, ``epoch``, ``device``, and the helper methods below.
     """
 
     def __init__(
@@ -107,17 +97,11 @@ class Run:
         """A safe tag from ``parts``; see :func:`safe_tag`."""
         return safe_tag(*parts)
 
-    # -- work off the training thread -----------------------------------------
-
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
         """Run ``fn(*args, **kwargs)`` on the run's background thread, in submission order.
 
-        For work the training thread must not wait for: encoding an image,
-        building a PR-curve table, writing files.  Move tensors to the CPU
-        before submitting (on steps that log, a sync is allowed).  An error is
-        reported like an error in a hook, against the plugin ``fn`` is a
-        bound method of, which is then disabled; the run's close waits for
-        every task.
+        For work training must not wait for (encoding images, writing files); move tensors to the CPU first.
+        An error disables the plugin ``fn`` is a bound method of, like an error in a hook; close waits for all.
         """
         self._background.submit(getattr(fn, "__self__", fn), fn, args, kwargs)
 
@@ -126,39 +110,25 @@ class Run:
     ) -> None:
         """Draw a matplotlib figure in the run's worker process and write it as image ``tag`` at ``step``.
 
-        ``fn(*args, **kwargs)`` runs in the worker and returns a
-        ``matplotlib.figure.Figure`` (build it with ``Figure()``, never
-        pyplot); the worker saves it as PNG and the image reaches the IMAGES
-        dashboard.  ``plugin`` is the calling plugin (``self``): an error in
-        ``fn`` is reported against it, which is then disabled.
-
-        ``fn`` must be an importable module-level function, and its arguments
-        picklable numpy arrays and plain values: a torch tensor, a lambda or
-        anything that does not pickle is a ``TypeError`` raised here.  Does
-        nothing on ranks other than 0.
+        ``fn``, an importable module-level function, returns a ``Figure()`` built without pyplot.
+        Its arguments must pickle (numpy arrays, plain values): a tensor or lambda is a ``TypeError`` here.
+        An error in ``fn`` disables ``plugin`` (the caller).  Does nothing on ranks other than 0.
         """
         if self.is_writer:
             self._renderer().submit(plugin, tag, step, fn, args, kwargs)
 
     def start_render_worker(self, *preload: str) -> None:
-        """Start the render worker now and import the modules ``preload`` in it.
+        """Start the render worker now and import the modules ``preload`` in it (calling their ``tbhooks_warm_up()``).
 
-        Call it in ``on_fit_start``: the worker's imports (matplotlib) then
-        overlap with training instead of delaying the first figure.  A
-        preloaded module's ``tbhooks_warm_up()`` function, if it has one, is
-        called in the worker once.  Does nothing on ranks other than 0.
+        Call it in ``on_fit_start`` so matplotlib's import overlaps training.  Does nothing on ranks other than 0.
         """
         if self.is_writer:
             self._renderer().start(preload)
 
-    # -- distributed ----------------------------------------------------------
-
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Concatenate ``tensor`` along dim 0 over every rank (rank order).
+        """Concatenate ``tensor`` along dim 0 over every rank, in rank order; sizes along dim 0 may differ.
 
-        Every rank must call it at the same point (it is a collective); the
-        sizes along dim 0 may differ between ranks.  Without
-        ``torch.distributed`` it returns ``tensor`` unchanged.
+        A collective: every rank must call it.  Without ``torch.distributed`` it returns ``tensor`` unchanged.
         """
         if self.world_size == 1 or not torch.distributed.is_initialized():
             return tensor
@@ -173,16 +143,11 @@ class Run:
         dist.all_gather(parts, padded.contiguous())
         return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
 
-    # -- classification -------------------------------------------------------
-
     def class_scores(self, outputs: Any, targets: Any, *, who: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(scores [N, C], labels [N])`` when this is a classification batch, else ``None``.
 
-        Classification means: ``outputs`` a float tensor of shape ``[N, C]``
-        with ``C >= 2`` and ``targets`` an integer tensor of shape ``[N]``
-        with every label in ``[0, C)``.  Otherwise the plugin named ``who``
-        gets one info line (per reason) and should skip.  Checking the label
-        range reads two numbers from the device: call it on logging steps only.
+        That is float ``outputs [N, C]`` with ``C >= 2`` and integer ``targets [N]`` in ``[0, C)``; otherwise
+        plugin ``who`` gets one message per reason and should skip.  Reads the device: call on logging steps.
         """
         if not (
             isinstance(outputs, torch.Tensor)
@@ -211,23 +176,15 @@ class Run:
                 return None
         return outputs, targets.long()
 
-    # -- control and messages -------------------------------------------------
-
     def request_stop(self, reason: str) -> None:
-        """Ask the loop to stop after the current batch; ``on_fit_end`` still fires.
-
-        The Trainer checks after every batch; a hand-written loop reads
-        ``hooks.should_stop``.
-        """
+        """Ask the loop to stop after the current batch; ``on_fit_end`` still fires (see ``hooks.should_stop``)."""
         if self.stop_reason is None:
             self.stop_reason = reason
 
     def check_finite(self, what: str, value: float) -> None:
-        """Warn once when a logged loss ``what`` is NaN or infinite.
+        """Warn once when a logged loss ``what`` is NaN or infinite; it is still logged.
 
-        The value is still logged as is; with ``stop_on_nonfinite=True`` the
-        loop is also asked to stop (:meth:`request_stop`).  Plugins call it
-        with values they already read back, so it never adds a device sync.
+        With ``stop_on_nonfinite=True`` the loop is also asked to stop.  ``value`` is already read back: no sync.
         """
         if math.isfinite(value):
             return

@@ -1,10 +1,6 @@
-"""Which plugins ``on_batch_end`` is raised for at a step, from the schedules they declare.
+"""Which plugins ``on_batch_end`` is raised for at a step, from their ``batch_end_due(step)`` methods.
 
-A plugin declares its steps with a method ``batch_end_due(step) -> bool``
-(the contract is in :mod:`tbhooks.hookspecs`); a plugin without one is due on
-every step.  At each step the core asks the declared schedules and calls
-``on_batch_end`` through pluggy's ``subset_hook_caller`` for the plugins
-that are due, or not at all when none is.
+A plugin without one is due on every step (the contract is in :mod:`tbhooks.hookspecs`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """How a process's end reaches a run: SIGTERM, and an exit without ``close()``.
 
-SIGTERM during a fit is raised as :class:`tbhooks.Terminated` in the main
-thread, so every ``finally`` block runs (the writer is flushed and closed,
-module hooks removed); re-delivering the signal with its default action then
-ends the process with the usual exit status (143).  A script that exits
-without closing its run (``sys.exit`` inside the loop) has it closed at exit.
+SIGTERM during a fit is raised as :class:`tbhooks.Terminated` in the main thread, so every ``finally``
+runs; re-sending it with the default action then exits with the usual status (143).  Runs still open
+at interpreter exit (``sys.exit`` inside the loop) are closed then.
 """
 
 from __future__ import annotations

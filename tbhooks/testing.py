@@ -1,15 +1,6 @@
-"""A test kit for plugin authors (and for tbhooks' own tests).
-
-Two tools, both built on the real parts rather than mocks:
-
-* :func:`read_events` reads a log directory back with TensorBoard's own
-  ``EventAccumulator`` into plain Python: what a TensorBoard dashboard would
-  show is what a test asserts on.
-* :class:`HookRecorder` records every event a run raises, with its
-  arguments, through pluggy's ``add_hookcall_monitoring``, so a test can
-  compare the order of events with the documented lifecycle.
-
-Example::
+"""A test kit for plugin authors, built on the real parts rather than mocks: :func:`read_events` reads a
+log directory back with TensorBoard's own ``EventAccumulator``; :class:`HookRecorder` records every event
+a run raises, with its arguments, through pluggy's hook-call monitoring.  Example::
 
     from tbhooks.testing import HookRecorder, read_events
 
@@ -22,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +27,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Scalar:
+    """One scalar event."""
+
     step: int
     value: float
     wall_time: float
@@ -42,13 +36,9 @@ class Scalar:
 
 @dataclass
 class Events:
-    """What one run directory holds, as TensorBoard reads it.
-
-    ``scalars``, ``histograms``, ``images``, ``texts`` and ``pr_curves`` map
-    tag -> list of events in step order; ``graph`` is whether a graph was
-    written; ``accumulator`` is the underlying ``EventAccumulator`` for
-    anything else.
-    """
+    """What one run directory holds, as TensorBoard reads it: ``scalars``, ``histograms``, ``images``, ``texts``
+    and ``pr_curves`` map tag -> events in step order; ``graph`` is whether a graph was written; ``accumulator``
+    is the ``EventAccumulator``, for anything else."""
 
     scalars: dict[str, list[Scalar]] = field(default_factory=dict)
     histograms: dict[str, list[Any]] = field(default_factory=dict)
@@ -68,11 +58,7 @@ class Events:
 
 
 def read_events(logdir: str | os.PathLike[str]) -> Events:
-    """Read every event file directly in ``logdir`` with TensorBoard's ``EventAccumulator``.
-
-    Nothing is sampled away (the size guidance keeps every event), so counts
-    in tests are exact.
-    """
+    """Read every event file directly in ``logdir``; nothing is sampled away, so counts are exact."""
     from tensorboard.backend.event_processing import event_accumulator as ea
     from tensorboard.plugins.text import metadata as text_metadata
     from tensorboard.util import tensor_util
@@ -80,16 +66,8 @@ def read_events(logdir: str | os.PathLike[str]) -> Events:
     path = Path(logdir)
     if not path.is_dir():
         raise FileNotFoundError(f"logdir {str(path)!r} does not exist")
-    acc = ea.EventAccumulator(
-        str(path),
-        size_guidance={
-            ea.SCALARS: 0,
-            ea.HISTOGRAMS: 0,
-            ea.IMAGES: 0,
-            ea.TENSORS: 0,
-            ea.GRAPH: 0,
-        },
-    )
+    keep_all = dict.fromkeys((ea.SCALARS, ea.HISTOGRAMS, ea.IMAGES, ea.TENSORS, ea.GRAPH), 0)
+    acc = ea.EventAccumulator(str(path), size_guidance=keep_all)
     acc.Reload()
     tags = acc.Tags()
     events = Events(accumulator=acc, graph=bool(tags.get("graph")))
@@ -102,9 +80,7 @@ def read_events(logdir: str | os.PathLike[str]) -> Events:
     for tag in tags.get("tensors", []):
         content = acc.SummaryMetadata(tag).plugin_data
         if content.plugin_name == text_metadata.PLUGIN_NAME:
-            events.texts[tag] = [
-                tensor_util.make_ndarray(e.tensor_proto).item().decode("utf-8") for e in acc.Tensors(tag)
-            ]
+            events.texts[tag] = [tensor_util.make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors(tag)]
         elif content.plugin_name == "pr_curves":
             events.pr_curves[tag] = [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
         elif tag not in events.scalars:
@@ -115,9 +91,8 @@ def read_events(logdir: str | os.PathLike[str]) -> Events:
 class HookRecorder:
     """Record every event of a run, in order, with its keyword arguments.
 
-    :param hooks: the :class:`tbhooks.Hooks` that ``attach`` returned, to
-        record from now on; or ``None``, then :meth:`install` it on a trainer.
-        :meth:`undo` stops recording.
+    :param hooks: the :class:`tbhooks.Hooks` that ``attach`` returned, to record from now on; or ``None``,
+        then :meth:`install` it on a trainer.  :meth:`undo` stops recording.
     """
 
     def __init__(self, hooks: Hooks | None = None) -> None:
@@ -133,15 +108,11 @@ class HookRecorder:
 
     def watch(self, hooks: Hooks) -> None:
         """Start recording the events of ``hooks``."""
-        pm = hooks.plugin_manager
 
         def before(hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
             self.calls.append((hook_name, dict(kwargs)))
 
-        def after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: Any) -> None:
-            pass
-
-        self.undo = pm.add_hookcall_monitoring(before, after)
+        self.undo = hooks.plugin_manager.add_hookcall_monitoring(before, lambda *_: None)
 
     def names(self) -> list[str]:
         """The event names in the order they fired."""
@@ -149,11 +120,7 @@ class HookRecorder:
 
     def collapsed(self) -> list[str]:
         """:meth:`names` with runs of the same event folded into one, for lifecycle comparisons."""
-        folded: list[str] = []
-        for name in self.names():
-            if not folded or folded[-1] != name:
-                folded.append(name)
-        return folded
+        return [name for name, _ in itertools.groupby(self.names())]
 
     def of(self, name: str) -> list[dict[str, Any]]:
         """The keyword arguments of every call of event ``name``."""

@@ -1,11 +1,5 @@
-"""A minimal trainer for any ``nn.Module``, built on the custom-loop API.
-
-The trainer owns only the loop: device placement, the optimizer step,
-train/eval modes, the progress bar, distributed set-up and resume state.
-Every event it raises goes through :class:`tbhooks.hooks.Hooks`, the object
-a hand-written loop uses, so a trainer run and a custom loop over the same
-data write the same tags at the same steps.
-"""
+"""A minimal trainer for any ``nn.Module``: it owns only the loop and raises every event through
+:class:`tbhooks.hooks.Hooks`, as a custom loop does, so both write the same tags at the same steps."""
 
 from __future__ import annotations
 
@@ -36,8 +30,7 @@ def move_to(obj: Any, device: torch.device) -> Any:
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
-    """Call ``model`` with ``inputs``: a tensor as one argument, a tuple/list as
-    positional arguments, a dict as keyword arguments."""
+    """Call ``model`` with a tensor as one argument, a tuple/list as positional, a dict as keyword arguments."""
     if isinstance(inputs, dict):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
@@ -70,33 +63,21 @@ def check_precision(precision: object, device: torch.device) -> str:
 
 
 class Trainer:
-    """Train and evaluate any ``nn.Module`` with tbhooks' plugins listening.
+    """Train and evaluate any ``nn.Module`` with tbhooks' plugins listening.  Under ``torchrun`` it initialises
+    ``torch.distributed`` if needed, wraps the model in DDP (or shards it) and shards the loaders.
 
-    :param model: the model; its outputs may be a tensor, a tuple or a dict
-        (``output`` says which entry is the prediction).
+    :param model: the model; its outputs may be a tensor, a tuple or a dict (``output`` picks the prediction).
     :param optimizer: a ``torch.optim.Optimizer`` over the model's parameters.
     :param loss_fn: called as ``loss_fn(prediction, targets)``.
     :param logdir: the run's log directory (created; must be writable).
-    :param device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``,
-        ``"cuda:N"`` or a ``torch.device``.
+    :param device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``.
     :param progress: show a tqdm bar; ``None`` shows it only on a terminal.
-    :param precision: ``"32"`` (default), ``"bf16"`` (bfloat16 autocast) or
-        ``"16"`` (float16 autocast with a ``torch.amp.GradScaler``; plugins see
-        the unscaled loss and, on the steps they log, unscaled gradients).
-    :param compile: ``True`` (or a dict of ``torch.compile`` arguments)
-        compiles the model in place after moving it.
-    :param strategy: ``None`` (DDP under torchrun, unless the model is already
-        sharded with FSDP2's ``fully_shard``) or ``"fsdp"``: shard each
-        top-level child and the root with ``fully_shard`` and rebuild the
-        optimizer over the sharded parameters (same class and groups).
-    :param options: passed to :func:`tbhooks.attach` (``plugins``,
-        ``disable``, ``class_names``, ``hparams``, ``output``, ``strict``,
-        ``flush_secs``, ``stop_on_nonfinite``, ``measure_overhead``, ...).
-
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) the trainer initialises
-    ``torch.distributed`` if needed (NCCL on CUDA, gloo on the CPU), wraps the
-    model in ``DistributedDataParallel`` (or shards it) and shards the
-    loaders; only rank 0 writes.
+    :param precision: ``"32"``, ``"bf16"`` (bfloat16 autocast) or ``"16"`` (float16 autocast with a
+        ``GradScaler``; plugins see the unscaled loss and, on the steps they log, unscaled gradients).
+    :param compile: ``True`` (or a dict of ``torch.compile`` arguments) compiles the model in place.
+    :param strategy: ``None`` (DDP under torchrun, unless already sharded with FSDP2) or ``"fsdp"``: shard
+        each top-level child and the root with ``fully_shard`` and rebuild the optimizer over the shards.
+    :param options: passed to :func:`tbhooks.attach` (``plugins``, ``disable``, ``hparams``, ``output``, ...).
     """
 
     def __init__(
@@ -150,10 +131,7 @@ class Trainer:
         self.epoch = 0
         self.hooks: Hooks | None = None
         self.on_attach: list[Callable[[Hooks], None]] = []
-        """Called with each run's :class:`Hooks` right after it is made, before
-        any event fires (``tbhooks.testing.HookRecorder.install`` uses it)."""
-
-    # -- resume ---------------------------------------------------------------
+        """Called with each run's :class:`Hooks` before any event fires (``HookRecorder.install`` uses it)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Model, optimizer, global step and the next epoch, for ``load_state_dict``."""
@@ -165,8 +143,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a ``state_dict()``; the next fit continues its step and epoch
-        and writes with ``purge_step``, so TensorBoard shows no repeated steps."""
+        """Restore a ``state_dict()``; the next fit continues from it, writing with ``purge_step``."""
         missing = {"model", "optimizer", "step", "epoch"} - set(state)
         if missing:
             raise KeyError(f"state is missing {sorted(missing)}; pass what Trainer.state_dict() returned")
@@ -174,8 +151,6 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
-
-    # -- the loop -------------------------------------------------------------
 
     def _hparams(self, train_loader: Any, epochs: int) -> dict[str, Any]:
         group = self.optimizer.param_groups[0]
@@ -213,13 +188,8 @@ class Trainer:
     def fit(
         self, train_loader: Iterable[Any], epochs: int, eval_loader: Iterable[Any] | None = None
     ) -> dict[str, float]:
-        """Train for ``epochs`` more epochs, evaluating on ``eval_loader`` after each.
-
-        Returns the last evaluation's metrics (empty without ``eval_loader``).
-        On any exception (``KeyboardInterrupt`` and SIGTERM included) every
-        plugin sees ``on_exception``, the writer is flushed and closed, module
-        hooks are removed, and the exception propagates.
-        """
+        """Train ``epochs`` more epochs, evaluating on ``eval_loader`` after each; the last evaluation's metrics.
+        On any exception (SIGTERM included) plugins see ``on_exception``, the run is closed, and it propagates."""
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs expects an int >= 0, got {epochs!r}")
         for name, loader in (("train_loader", train_loader), ("eval_loader", eval_loader)):
@@ -251,17 +221,13 @@ class Trainer:
             if owns_group:
                 torch.distributed.destroy_process_group()
 
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self._dtype, enabled=self._dtype is not None)
-
     def _batches(self, loader: Iterable[Any], hooks: Hooks) -> Iterable[Any]:
         if self.progress is False or not hooks.run.is_writer:
             return loader
-        # Not tqdm.auto: its asyncio base calls iter(loader) at construction, which starts a
-        # DataLoader's workers once more and advances its generator (a different batch order).
+        # Not tqdm.auto: it calls iter(loader) when built, restarting a DataLoader's workers and batch order.
         from tqdm import tqdm
 
-        # disable=None: tqdm shows the bar only when stderr is a terminal.
+        # disable=None: the bar shows only when stderr is a terminal.
         return tqdm(loader, desc=f"epoch {hooks.epoch}", disable=None if self.progress is None else False, leave=False)
 
     def _train_epoch(self, model: nn.Module, loader: Iterable[Any], hooks: Hooks) -> None:
@@ -273,8 +239,7 @@ class Trainer:
                 inputs, targets = split_batch(batch)
                 inputs, targets = move_to(inputs, self.device), move_to(targets, self.device)
                 hooks.batch_start()
-                # The tutorial's order: the previous step's gradients are freed before the
-                # forward pass allocates this step's activations (a lower peak of memory).
+                # Gradients freed before the forward pass allocates activations: a lower memory peak.
                 self.optimizer.zero_grad(set_to_none=True)
                 if self._dtype is None:
                     outputs = call_model(model, inputs)
@@ -311,7 +276,7 @@ class Trainer:
                 for batch in loader:
                     inputs, targets = split_batch(batch)
                     inputs, targets = move_to(inputs, self.device), move_to(targets, self.device)
-                    with self._autocast():
+                    with torch.autocast(self.device.type, dtype=self._dtype, enabled=self._dtype is not None):
                         outputs = call_model(model, inputs)
                         loss = self.loss_fn(select_output(outputs, self.output), targets)
                     hooks.eval_batch(inputs, targets, outputs, loss)
@@ -321,10 +286,7 @@ class Trainer:
 
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
         """Evaluate on ``loader`` and log it; returns ``loss`` and, for classification, ``accuracy``.
-
-        Outside ``fit`` this is a run of its own on the same log directory:
-        ``on_fit_start``, the evaluation events, then ``on_fit_end``.
-        """
+        Outside ``fit`` this is a run of its own (``on_fit_start``, evaluation events, ``on_fit_end``)."""
         if not hasattr(loader, "__iter__"):
             raise TypeError(f"loader expects an iterable of (inputs, targets) batches, got {type(loader).__name__}")
         owns_group = distributed.init_process_group(self.device)

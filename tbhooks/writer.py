@@ -1,9 +1,4 @@
-"""The run's one writer: a ``SummaryWriter`` on global rank 0, a writer that does nothing elsewhere.
-
-Only the writing rank touches the file system, so a distributed run leaves
-one event stream in one directory.  The log directory is proved writable
-before any training happens.
-"""
+"""The run's one writer: a ``SummaryWriter`` on global rank 0 (one event stream per run), a no-op elsewhere."""
 
 from __future__ import annotations
 
@@ -18,13 +13,11 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 MAX_QUEUE = 256
-"""Events the writer's queue holds before an ``add_*`` call waits for its thread (SummaryWriter's default, 10,
-makes the training thread wait for the disk whenever a step writes a few dozen histograms)."""
+"""Events queued before an ``add_*`` call waits for the disk (SummaryWriter's default, 10, is soon full)."""
 
 
 def distributed_rank() -> tuple[int, int]:
-    """``(global rank, world size)`` from ``torch.distributed`` or, before it is
-    initialised, from the ``RANK``/``WORLD_SIZE`` variables torchrun sets."""
+    """``(global rank, world size)`` from ``torch.distributed``, else from torchrun's ``RANK``/``WORLD_SIZE``."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -58,19 +51,11 @@ class NullWriter:
 class _NullFileWriter:
     """``NullWriter.file_writer``: the two calls plugins make on a ``SummaryWriter``'s file writer."""
 
-    def add_summary(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def add_event(self, *args: Any, **kwargs: Any) -> None:
-        pass
+    add_summary = add_event = NullWriter._ignore
 
 
 def check_logdir(logdir: str | os.PathLike[str]) -> Path:
-    """Create ``logdir`` and prove it writable, before any training happens.
-
-    Raises ``ValueError`` naming the directory when it cannot be written, so
-    a run never trains for hours and then loses everything it logged.
-    """
+    """Create ``logdir`` and prove it writable before any training (else a ``ValueError`` naming it)."""
     if not isinstance(logdir, (str, os.PathLike)):
         raise TypeError(f"logdir expects a path (str or os.PathLike), got {type(logdir).__name__}")
     path = Path(logdir)
@@ -84,11 +69,8 @@ def check_logdir(logdir: str | os.PathLike[str]) -> Path:
 
 
 def open_writer(logdir: Path, *, rank: int, flush_secs: float, start_step: int) -> SummaryWriter:
-    """A real ``SummaryWriter`` on rank 0, a :class:`NullWriter` elsewhere.
-
-    A run resumed from ``start_step`` opens the writer with ``purge_step``, so
-    TensorBoard drops what a crashed run wrote after the checkpoint.
-    """
+    """A real ``SummaryWriter`` on rank 0, a :class:`NullWriter` elsewhere; a resumed run (``start_step``)
+    opens it with ``purge_step``, so TensorBoard drops what a crashed run wrote after the checkpoint."""
     if rank != 0:
         return NullWriter(str(logdir))  # type: ignore[return-value]
     from torch.utils.tensorboard import SummaryWriter

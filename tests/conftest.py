@@ -18,7 +18,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
 
     Shared by ``test_demo.py`` (accuracy, tags) and ``test_e2e_tensorboard.py``
     (the same run served by a real TensorBoard), so the training happens once.
-    Returns the :class:`tbhooks.demo.DemoResult`; ``demo_run.output`` is what
+    Returns the :class:`tbhooks.demo.cli.DemoResult`; ``demo_run.output`` is what
     it printed per epoch.
     """
     from tbhooks.demo import build_parser, run

@@ -16,8 +16,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import tbhooks
 import tbhooks.distributed
-from tbhooks import NonFiniteLossWarning, TbhooksWarning, demo
+from tbhooks import NonFiniteLossWarning, TbhooksWarning
 from tbhooks.default_plugins.scalars import Scalars
+from tbhooks.demo.cli import resolve_demo_device
+from tbhooks.demo.errors import DemoError
 from tbhooks.testing import read_events
 
 QUIET = ["graph", "images", "embeddings", "hparams"]
@@ -142,8 +144,8 @@ def test_a_torchrun_rank_without_a_gpu_of_its_own_is_told_so(monkeypatch, device
     model = mlp()
     with pytest.raises(ValueError, match=rf"device '(auto|cuda)': this process is local rank {count} \(LOCAL_RANK\)"):
         tbhooks.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.mse_loss, device=device)
-    with pytest.raises(demo.DemoError, match=rf"--device auto: .* sees {count} CUDA device.*\(--device cpu\)$"):
-        demo.resolve_demo_device("auto")
+    with pytest.raises(DemoError, match=rf"--device auto: .* sees {count} CUDA device.*\(--device cpu\)$"):
+        resolve_demo_device("auto")
     monkeypatch.setenv("LOCAL_RANK", str(count - 1))  # the last rank that has one
     assert tbhooks.distributed.resolve_device(device) == torch.device("cuda", count - 1)
 

@@ -17,6 +17,11 @@ from torch import nn
 
 import tbhooks
 from tbhooks import demo
+from tbhooks.demo.cli import DemoResult, fresh_run_dir
+from tbhooks.demo.data import FASHION_CLASSES, load_fashion_mnist
+from tbhooks.demo.errors import DemoError
+from tbhooks.demo.loops import LOOPS, fit_custom_loop, fit_trainer
+from tbhooks.demo.report import dashboard_summary, format_report
 from tbhooks.manager import BUILTIN_PLUGINS
 from tbhooks.run import safe_tag
 from tbhooks.testing import HookRecorder, read_events
@@ -32,15 +37,15 @@ def load_script(name: str):
     return module
 
 
-def run_demo(*argv: str) -> demo.DemoResult:
+def run_demo(*argv: str) -> DemoResult:
     return demo.run(demo.build_parser().parse_args(list(argv)), stream=io.StringIO())
 
 
 def tags_by_dashboard(run_dir: Path) -> dict[str, set[str]]:
-    return {name: set(board.tags) for name, board in demo.dashboard_summary(run_dir).items()}
+    return {name: set(board.tags) for name, board in dashboard_summary(run_dir).items()}
 
 
-def steps_per_epoch(result: demo.DemoResult, batch_size: int = DEMO_RUN_BATCH_SIZE) -> int:
+def steps_per_epoch(result: DemoResult, batch_size: int = DEMO_RUN_BATCH_SIZE) -> int:
     """Training batches an epoch of ``result`` had (the last one may be short)."""
     return math.ceil(len(result.data.train) / batch_size)
 
@@ -93,7 +98,7 @@ def test_every_dashboard_gets_data(demo_run):
     assert {f"grads/{name}.bias" for name in layers} <= boards["DISTRIBUTIONS/HISTOGRAMS"]
     assert boards["PR CURVES"] == {f"pr_curves/{digit}" for digit in range(10)}
     assert boards["HPARAMS"] == {"session"}
-    assert demo.dashboard_summary(demo_run.run_dir)["HPARAMS"].note == "6 hyperparameters"
+    assert dashboard_summary(demo_run.run_dir)["HPARAMS"].note == "6 hyperparameters"
     # Embeddings every 3rd evaluation = one, at the last; with the images as sprites.
     last = steps_per_epoch(demo_run) * DEMO_RUN_EPOCHS
     assert boards["PROJECTOR"] == {f"embeddings/fc3/step{last}:{last:05d}"}
@@ -132,7 +137,7 @@ def test_example_plugin_counts_the_run(demo_run):
 
 
 def test_report_names_run_counts_and_command(demo_run):
-    report = demo.format_report(demo_run, demo_run.run_dir.parent)
+    report = format_report(demo_run, demo_run.run_dir.parent)
     lines = report.splitlines()
     assert lines[0] == f"final test accuracy: {demo_run.metrics['accuracy']:.4f}"
     assert f"log directory: {demo_run.run_dir}" in lines
@@ -142,9 +147,9 @@ def test_report_names_run_counts_and_command(demo_run):
 
 
 def test_each_run_gets_a_fresh_directory(tmp_path):
-    first = demo.fresh_run_dir(tmp_path, "digits-trainer")
+    first = fresh_run_dir(tmp_path, "digits-trainer")
     first.mkdir()
-    second = demo.fresh_run_dir(tmp_path, "digits-trainer")
+    second = fresh_run_dir(tmp_path, "digits-trainer")
     assert second != first and second.parent == tmp_path
     assert second.name.startswith("digits-trainer-")
     if second.name.startswith(first.name):  # the same second: a numbered suffix
@@ -185,11 +190,11 @@ def test_bad_arguments_exit_2(argv, capsys):
 
 
 def test_loop_choices_are_the_loops_table():
-    assert list(demo.LOOPS) == ["trainer", "custom", "lightning", "ignite", "transformers"]
-    assert demo.LOOPS["trainer"] is demo.fit_trainer and demo.LOOPS["custom"] is demo.fit_custom_loop
+    assert list(LOOPS) == ["trainer", "custom", "lightning", "ignite", "transformers"]
+    assert LOOPS["trainer"] is fit_trainer and LOOPS["custom"] is fit_custom_loop
     parser = demo.build_parser()
     assert parser.parse_args([]).loop == "trainer"
-    for name in demo.LOOPS:
+    for name in LOOPS:
         assert parser.parse_args(["--loop", name]).loop == name
     assert "--loop {trainer,custom,lightning,ignite,transformers}" in parser.format_usage()
 
@@ -242,7 +247,7 @@ def test_missing_scikit_learn_says_what_to_install(tmp_path, capsys, monkeypatch
     # None in sys.modules makes `import sklearn.datasets` raise ImportError, as when it is not installed.
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    with pytest.raises(demo.DemoError, match=r"pip install 'tbhooks\[demo\]'"):
+    with pytest.raises(DemoError, match=r"pip install 'tbhooks\[demo\]'"):
         demo.load_digits()
     assert demo.main(["--logdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -284,8 +289,8 @@ def test_idx_files_have_the_documented_magic_numbers(tmp_path):
 
 def test_fashion_mnist_loads_idx_files(tmp_path):
     arrays = write_fashion(tmp_path)
-    data = demo.load_fashion_mnist(tmp_path)
-    assert data.class_names == demo.FASHION_CLASSES
+    data = load_fashion_mnist(tmp_path)
+    assert data.class_names == FASHION_CLASSES
     train_images, train_labels = data.train.tensors
     test_images, test_labels = data.test.tensors
     assert train_images.shape == (64, 1, 28, 28) and test_images.shape == (20, 1, 28, 28)
@@ -305,14 +310,14 @@ def test_fashion_mnist_demo_runs_on_idx_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "fashion-mnist, 64 training / 20 test samples" in out
     # The PR curves are named after the FashionMNIST classes (made tag-safe).
-    assert set(read_events(run_dir).pr_curves) == {safe_tag("pr_curves", name) for name in demo.FASHION_CLASSES}
+    assert set(read_events(run_dir).pr_curves) == {safe_tag("pr_curves", name) for name in FASHION_CLASSES}
 
 
 def test_fashion_mnist_corrupt_file_is_one_line(tmp_path):
     write_fashion(tmp_path)
     (tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"not an idx file")
-    with pytest.raises(demo.DemoError, match="could not be read from") as info:
-        demo.load_fashion_mnist(tmp_path)
+    with pytest.raises(DemoError, match="could not be read from") as info:
+        load_fashion_mnist(tmp_path)
     assert "\n" not in str(info.value) and "--data-dir" in str(info.value)
 
 

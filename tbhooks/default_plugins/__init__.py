@@ -1,8 +1,7 @@
-"""The plugins that ship with tbhooks, registered by default (see ``tbhooks.manager.BUILTIN_PLUGINS``).
+"""The plugins that ship with tbhooks, registered by default (``tbhooks.manager.BUILTIN_PLUGINS``).
 
-Each lives in its own module and is imported only when a run registers it.
-Pass an instance with options to replace the default one of the same name,
-for example ``plugins=[Histograms(every_n_steps=100)]``.
+Each module is imported only when a run registers its plugin.  Pass an instance with options to replace the
+default one of the same name, e.g. ``plugins=[Histograms(every_n_steps=100)]``.
 """
 
 from __future__ import annotations

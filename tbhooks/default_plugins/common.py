@@ -1,8 +1,6 @@
-"""Helpers the built-in plugins share: option checks with precise messages, and image handling.
+"""Helpers the built-in plugins share (third-party plugins may use them too): option checks and image handling.
 
-The image helpers run on the tensor's own device and never read a value
-back, so the plugins decide when a device synchronisation happens (only on
-the steps they log).  Third-party plugins may use them too.
+The image helpers run on the tensor's device and read nothing back, so plugins choose when a device sync happens.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ import torch
 
 if TYPE_CHECKING:
     from tbhooks.run import Run
+
 
 def check_int(plugin: str, option: str, value: Any, *, minimum: int = 0) -> int:
     """``value`` if it is an int >= ``minimum`` (bools refused); else an error naming ``plugin(option=)``."""
@@ -40,9 +39,8 @@ SPRITE_MAX_PX = 8192
 def check_floats(plugin: str, option: str, value: Any, *, positive: bool = False) -> tuple[float, ...] | None:
     """``value`` as a tuple of floats (one per channel), or ``None``.
 
-    Raises a ``TypeError`` naming ``plugin(option=)`` for anything but
-    ``None`` or a non-empty sequence of real numbers, and a ``ValueError``
-    for non-finite numbers or, with ``positive``, numbers <= 0.
+    Errors name ``plugin(option=)``: a TypeError for anything but ``None`` or a sequence of real numbers, a
+    ValueError for an empty one, non-finite numbers or, with ``positive``, numbers <= 0.
     """
     if value is None:
         return None
@@ -65,12 +63,10 @@ def check_floats(plugin: str, option: str, value: Any, *, positive: bool = False
 
 
 def image_batch(value: Any) -> torch.Tensor | None:
-    """``value`` as an ``[N, C, H, W]`` image batch (a view, no copy), or ``None``.
+    """``value`` as an ``[N, C, H, W]`` image batch (a view), or ``None`` if it is not one.
 
-    Accepted: ``[N, C, H, W]`` with 1 or 3 channels and ``[N, H, W]`` (one
-    channel), float or uint8, with at least one image.  Dicts, tuples,
-    feature vectors ``[N, D]``, integer tokens and other channel counts are
-    not images.  Only shapes and dtypes are read: no device sync.
+    Accepted: non-empty float or uint8 ``[N, C, H, W]`` with 1 or 3 channels, or ``[N, H, W]``.  Only shapes and
+    dtypes are read: no device sync.
     """
     if not isinstance(value, torch.Tensor) or value.shape[0:1] == (0,) or value.numel() == 0:
         return None
@@ -93,10 +89,8 @@ def to_unit(
 ) -> torch.Tensor:
     """``images`` (``[N, C, H, W]``) as float32 in ``[0, 1]``, on their device.
 
-    uint8 images are divided by 255 (``mean``/``std`` are ignored: they
-    describe float inputs).  Float images are un-normalised with
-    ``x * std + mean`` per channel, then clamped.  A ``mean``/``std`` whose
-    length is neither 1 nor the channel count is ignored, with one warning.
+    uint8 images are divided by 255 (``mean``/``std`` describe float inputs only); float images become
+    ``x * std + mean`` per channel, clamped.  A ``mean``/``std`` not of length 1 or C is ignored, with one warning.
     """
     if images.dtype == torch.uint8:
         return images.float() / 255.0
@@ -125,13 +119,8 @@ def to_uint8(unit: torch.Tensor) -> torch.Tensor:
 
 
 def thumbnail_side(count: int, side: int, limit: int | None = None) -> int:
-    """The side of square thumbnails so that a sprite of ``count`` of them fits in ``limit`` pixels.
-
-    The projector arranges a sprite as ``ceil(sqrt(count))`` thumbnails a
-    row; ``side`` is returned unchanged when that fits, else the largest side
-    that does (at least 1).  ``limit`` defaults to :data:`SPRITE_MAX_PX`,
-    read at call time.
-    """
+    """``side``, or the largest smaller one (at least 1) at which a sprite of ``count`` square thumbnails fits
+    in ``limit`` pixels (default :data:`SPRITE_MAX_PX`, read at call time), ``ceil(sqrt(count))`` a row."""
     if limit is None:
         limit = SPRITE_MAX_PX
     per_row = max(1, math.ceil(math.sqrt(count)))
@@ -139,12 +128,8 @@ def thumbnail_side(count: int, side: int, limit: int | None = None) -> int:
 
 
 def square_thumbnails(images: torch.Tensor, side: int) -> torch.Tensor:
-    """``[N, C, H, W]`` images in ``[0, 1]`` as square ``[N, C, side, side]`` thumbnails.
-
-    Non-square images are padded (black) to a square first, because the
-    projector's sprite layout assumes square cells; larger ones are then
-    downscaled with antialiasing.
-    """
+    """``[N, C, H, W]`` images in ``[0, 1]`` as ``[N, C, side, side]`` thumbnails: padded black to a square
+    (the projector's sprite cells are square), then resized with antialiasing."""
     height, width = images.shape[-2:]
     if height != width:
         size = max(height, width)

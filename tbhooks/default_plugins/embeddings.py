@@ -1,12 +1,7 @@
-"""Embeddings: the evaluation set in TensorBoard's projector, with labels and sprites.
+"""Embeddings: evaluation features in TensorBoard's projector, with labels and sprites.
 
-The features are the *input* of a layer (by default the last ``nn.Linear``,
-i.e. what the classifier head sees), captured by a forward hook during
-evaluation, or the flattened raw inputs (``source="inputs"``).  At most
-``max_points`` points are kept, spread evenly over the classes, on the
-device until the evaluation ends; then they are gathered from every rank
-and written by rank 0, on the background thread, as the projector's files
-(:mod:`tbhooks.default_plugins.projector`).
+Points are kept on the device, at most ``max_points`` spread evenly over the classes, until the evaluation
+ends; then they are gathered from every rank and rank 0 writes the projector's files on the background thread.
 """
 
 from __future__ import annotations
@@ -39,7 +34,7 @@ if TYPE_CHECKING:
 MAX_POINTS = 100_000
 """The most points one embedding may hold (the projector samples larger sets anyway)."""
 
-_SOURCES = ("layer", "inputs")
+
 def _level(counts: Mapping[int, int], limit: int) -> int:
     """The largest ``L`` with ``sum(min(n, L)) <= limit`` over the class counts (total > limit)."""
     low, high = 0, max(counts.values())
@@ -55,10 +50,8 @@ def _level(counts: Mapping[int, int], limit: int) -> int:
 def class_quota(labels: Sequence[int], limit: int) -> dict[int, int]:
     """How many points of each class to keep: ``limit`` points spread evenly over the classes.
 
-    Every class gets the same share; a class with fewer points keeps them all
-    and leaves its unused share to the others; what cannot be split evenly
-    goes one point each to the smallest class labels.  The quotas sum to
-    ``min(limit, len(labels))``.
+    A class with fewer points than its share keeps them all and leaves the rest to the others; a remainder goes
+    one point each to the smallest class labels.  The quotas sum to ``min(limit, len(labels))``.
     """
     counts = Counter(labels)
     if len(labels) <= limit:
@@ -87,32 +80,21 @@ def pick(labels: Sequence[int], quota: Mapping[int, int]) -> list[int]:
 
 
 class Embeddings:
-    """Write evaluation features to TensorBoard's projector (PROJECTOR dashboard).
+    """Write evaluation features to the PROJECTOR dashboard, one embedding per logged evaluation.
 
-    Fires during evaluation: features are collected on every
-    ``every_n_evals``-th evaluation (``on_eval_batch_end``) and written when
-    it ends (``on_eval``), one embedding per evaluation.
+    Collected at ``on_eval_batch_end`` of every ``every_n_evals``-th evaluation, written at its ``on_eval`` under
+    tag ``embeddings/<layer>/step<step>`` (``embeddings/inputs/step<step>`` for ``source="inputs"``).  Labels are
+    ``run.class_names[label]``, else the label number; without integer targets there are none.
 
-    :param layer: the submodule (a name from ``model.named_modules()``) whose
-        *input* is the feature vector; ``None`` (default) picks the last
-        ``nn.Linear``, the input of the classifier head.  An unknown name is
-        a ``ValueError`` when the fit starts.
-    :param source: ``"layer"`` (default) or ``"inputs"``: the flattened raw
-        inputs, as in the PyTorch TensorBoard tutorial.
-    :param max_points: the most points per embedding (default 1000, at most
-        100000), drawn evenly across the classes.
+    :param layer: the submodule (from ``model.named_modules()``) whose *input* is the feature vector; ``None``
+        (default) picks the last ``nn.Linear``, the classifier head's input.  An unknown name is a ``ValueError``
+        when the fit starts.
+    :param source: ``"layer"`` (default) or ``"inputs"``: the flattened raw inputs.
+    :param max_points: the most points per embedding (default 1000, at most 100000), drawn evenly across classes.
     :param every_n_evals: write on every N-th evaluation (default 1).
-    :param sprites: show the input images as thumbnails when the inputs are
-        images (default True).
+    :param sprites: show image inputs as thumbnails, at most 8192 px a side in all (default True).
     :param mean: per-channel means to undo on the thumbnails (default None).
     :param std: per-channel standard deviations, likewise (default None).
-
-    Labels are ``run.class_names[label]`` when class names were given, else
-    the label number; without integer targets the points carry no labels.
-    The sprite never exceeds 8192 px a side (thumbnails are downscaled).
-
-    Tag: ``embeddings/<layer>/step<step>`` (``embeddings/inputs/step<step>``
-    for ``source="inputs"``), written with ``global_step=step``.
     """
 
     name = "embeddings"
@@ -129,7 +111,7 @@ class Embeddings:
     ) -> None:
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"Embeddings(layer=...) expects a submodule name (str) or None, got {type(layer).__name__}")
-        if source not in _SOURCES:
+        if source not in ("layer", "inputs"):
             raise ValueError(f"Embeddings(source=...) expects 'layer' or 'inputs', got {source!r}")
         if source == "inputs" and layer is not None:
             raise ValueError("Embeddings(layer=...) cannot be combined with source='inputs'; pass one of them")
@@ -155,8 +137,6 @@ class Embeddings:
         self._thumbs: list[torch.Tensor] | None = [] if self.sprites else None
         self._rows = 0
         self._full = False
-
-    # -- set-up -----------------------------------------------------------------
 
     @hookimpl
     def on_fit_start(self) -> None:
@@ -190,8 +170,6 @@ class Embeddings:
         capture = Capture(module=layer, kind="input", at_eval=True)
         self._key, self._name = capture.key, layer or "model"
         return [capture]
-
-    # -- collection -------------------------------------------------------------
 
     @hookimpl
     def on_eval_start(self) -> None:
@@ -254,12 +232,8 @@ class Embeddings:
         self._thumbs.append(to_uint8(square_thumbnails(unit, side)))
 
     def _compact(self) -> None:
-        """Keep only the points the final selection can still need (reads the labels back once).
-
-        With more points than ``max_points``, the final per-class level can
-        only go down as more points arrive, so the first ``level + 1`` points
-        of each class are all it will ever take.
-        """
+        """Keep only the points the final selection can still need (reads the labels back once): the per-class
+        level can only go down as points arrive, so the first ``level + 1`` of each class are all it will take."""
         assert self._labels is not None
         labels = torch.cat(self._labels)
         values = labels.tolist()
@@ -273,8 +247,6 @@ class Embeddings:
         if self._thumbs is not None:
             self._thumbs = [torch.cat(self._thumbs)[index.to(self._thumbs[0].device)]]
         self._rows = len(keep)
-
-    # -- writing ------------------------------------------------------------------
 
     @hookimpl
     def on_eval(self, run: Run, step: int) -> None:

@@ -1,22 +1,8 @@
 """Graph: the model graph, traced once per fit from the first training batch.
 
-Tag: the run's graph (the GRAPHS dashboard); when the model cannot be traced,
-a text summary under ``graph/summary`` (the TEXT dashboard) instead.
-
-``SummaryWriter.add_graph`` traces with ``torch.jit.trace``, which on its own
-fails on models that return dicts, that take keyword arguments, or that
-return tuples holding non-tensors.  This plugin hands ``add_graph`` a small
-wrapper module instead (:class:`TracedModel`): it takes the batch's tensors
-as positional arguments, rebuilds the inputs (a dict becomes keyword
-arguments, a tuple or list positional arguments, as the Trainer calls the
-model), and flattens the outputs to a tuple of tensors (dict values in the
-dict's order, tuples and lists in order, dataclass fields in order; other
-values are dropped).  In the GRAPHS dashboard the model appears as
-``<ModelClass>[model]`` inside one ``TracedModel`` node.
-
-A model that still cannot be traced (it raises under tracing, returns no
-tensor, uses types the tracer does not support, ...) gets a Markdown text
-summary instead, with one warning; the run goes on.
+``SummaryWriter.add_graph``'s ``torch.jit.trace`` fails on models that take keyword arguments or return dicts or
+non-tensors, so it is handed a :class:`TracedModel` wrapper instead (shown as ``<ModelClass>[model]`` inside a
+``TracedModel`` node).  A model that still cannot be traced gets a Markdown text summary, with one warning.
 """
 
 from __future__ import annotations
@@ -79,9 +65,8 @@ def _fill_inputs(template: Any, tensors: tuple[torch.Tensor, ...]) -> Any:
 
 
 def flatten_outputs(value: Any) -> list[torch.Tensor]:
-    """Every tensor in a model's outputs, in order: dict values in the dict's
-    order, tuple/list items in order, dataclass fields in order; anything else
-    is dropped."""
+    """Every tensor in a model's outputs, in order (dict values, tuple/list items, dataclass fields); the rest is
+    dropped."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, dict):
@@ -96,9 +81,8 @@ def flatten_outputs(value: Any) -> list[torch.Tensor]:
 class TracedModel(nn.Module):
     """What the graph plugin traces: ``model`` called like the Trainer calls it, outputs flattened.
 
-    ``forward`` takes the batch's tensors as positional arguments (the
-    tracer only passes tensors) and rebuilds the original inputs around them;
-    non-tensor parts of the inputs are baked in as constants.
+    ``forward`` takes the batch's tensors positionally (the tracer passes only tensors) and rebuilds the inputs
+    around them (a dict as keyword arguments, a tuple or list as positional ones); non-tensor parts are constants.
     """
 
     def __init__(self, model: nn.Module, template: Any, direct: bool = False) -> None:
@@ -125,8 +109,7 @@ class TracedModel(nn.Module):
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(total, trainable)`` parameter counts; shared parameters count once,
-    parameters of lazy modules not yet initialised count as 0."""
+    """``(total, trainable)`` parameter counts; shared parameters count once, uninitialised lazy ones as 0."""
     total = trainable = 0
     for parameter in model.parameters():
         if isinstance(parameter, nn.parameter.UninitializedParameter):
@@ -149,11 +132,8 @@ def model_summary(model: nn.Module) -> str:
 
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Any:
-    """Every submodule in eval mode; on exit, each one's own training flag back as it was.
-
-    ``model.train(flag)`` alone would set every submodule to the same flag and
-    lose a submodule the user froze in eval mode (a frozen BatchNorm, say).
-    """
+    """Every submodule in eval mode; on exit, each one's own training flag restored (``model.train(flag)`` would
+    unfreeze a submodule the user froze in eval mode, a frozen BatchNorm, say)."""
     modes = [(module, module.training) for module in model.modules()]
     try:
         model.eval()
@@ -164,20 +144,12 @@ def _eval_mode(model: nn.Module) -> Any:
 
 
 class Graph:
-    """Log the model graph once per fit, from the first training batch.
+    """Log the model graph (GRAPHS dashboard) at the first ``on_batch_end`` of each fit, on rank 0.
 
-    When: the first ``on_batch_end`` of each fit (there is no sample of the
-    data at ``on_fit_start``), on rank 0 only; every later batch returns at
-    once.  The trace runs the model once more on that batch, in eval mode,
-    under ``torch.no_grad()``, with no module hooks of tbhooks attached; the
-    training flag of every submodule is restored afterwards.
+    The trace runs the model once more on that batch, in eval mode, under ``torch.no_grad()``.  When tracing
+    fails: one warning, and ``str(model)`` with parameter counts under ``graph/summary`` (TEXT dashboard).
 
-    Where: the GRAPHS dashboard.  When tracing fails, the TEXT dashboard under
-    ``graph/summary``: ``str(model)`` in a code block with parameter counts,
-    and one warning saying why.
-
-    :param text_fallback: log the text summary when tracing fails (default
-        True); with False the plugin only warns.
+    :param text_fallback: log the text summary when tracing fails (default True); with False only warn.
     """
 
     name = "graph"
@@ -235,16 +207,11 @@ class Graph:
             _eval_mode(model),
             torch.no_grad(),
             warnings.catch_warnings(),
-            # add_graph prints the tracer's error to stdout before re-raising it;
-            # on_batch_end's warning reports it once, so that print is swallowed.
+            # add_graph prints the tracer's error before re-raising it; on_batch_end's warning reports it.
             contextlib.redirect_stdout(io.StringIO()),
         ):
-            # torch.jit.trace is deprecated in recent torch (a FutureWarning per
-            # trace and per traced method), and TracerWarning flags Python values
-            # taken from tensors (the graph then shows the path this batch took).
-            # Both are about the trace, not the user's code: silenced here only.
-            # The tracer also reads every attribute of every submodule, deprecated ones included (a
-            # transformers model's, say): their deprecation warnings are not the user's code either.
+            # About the trace, not the user's code: torch.jit.trace's deprecation, TracerWarnings (Python
+            # values taken from tensors), and deprecated submodule attributes the tracer reads.
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

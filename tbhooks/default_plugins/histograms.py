@@ -1,23 +1,10 @@
-"""Histograms: weights, gradients and activations, every N steps, binned on the tensor's own device.
+"""Histograms: weights, gradients and activations, binned with torch on the tensor's own device.
 
-Tags (HISTOGRAMS and DISTRIBUTIONS): ``weights/<parameter>`` after the
-optimizer step, ``grads/<parameter>`` (``p.grad``, where there is one) and
-``activations/<module>`` (the first tensor of its output, captured by the
-core's module hooks).
-
-One path for every device: :func:`histogram_row` computes the minimum,
-maximum, count, sum, sum of squares and bucket counts with torch on the
-tensor's own device, without a host synchronisation; on a logging step the
-training thread only enqueues that work.  The run's background thread reads
-the small rows back and writes them with ``SummaryWriter.add_histogram_raw``;
-FSDP2's sharded parameters are binned shard by shard (:func:`sharded_rows`).
-
-Bins follow ``torch.histc``: ``bins`` equal-width buckets from the smallest
-to the largest finite value, the maximum in the last bucket; a constant
-tensor's range is widened to ``value ± 1``.  NaN and infinite values are
-counted out (in no bucket, and in none of the statistics); the plugin warns
-once per run when a logged tensor held any.  Empty tensors are skipped, and
-a tensor with no finite value is not written.
+On a logging step the training thread only enqueues :func:`histogram_row` (no host sync); the run's background
+thread reads the small rows back and writes them with ``SummaryWriter.add_histogram_raw``.  FSDP2's sharded
+parameters are binned shard by shard (:func:`sharded_rows`).  Bins follow ``torch.histc``: ``bins`` equal buckets
+from the smallest to the largest finite value, the maximum in the last one, a constant tensor's range widened to
+``value ± 1``.  NaN and infinite values are counted out (in no bucket or statistic), with one warning per run.
 """
 
 from __future__ import annotations
@@ -50,9 +37,8 @@ STATS = 6
 class DeviceHistogram(NamedTuple):
     """One histogram, as ``SummaryWriter.add_histogram_raw`` takes it.
 
-    ``bucket_limits[i]`` is the right edge of bucket ``i``; the first bucket
-    starts at ``min``.  ``min`` to ``sum_squares`` cover the finite values only;
-    ``nonfinite`` counts the NaN and infinite values left out.
+    ``bucket_limits[i]`` is bucket ``i``'s right edge (the first starts at ``min``); ``min`` to ``sum_squares``
+    cover the finite values only, ``nonfinite`` counts the NaN and infinite values left out.
     """
 
     min: float
@@ -73,12 +59,8 @@ def _dtypes(flat: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
 
 
 def _finite(values: torch.Tensor) -> torch.Tensor | None:
-    """The mask of the finite values, or ``None`` where every value is known to be finite.
-
-    Known only on the CPU, where reading a value back synchronises nothing: a
-    finite sum means no NaN or infinity (a sum that overflows just takes the
-    masked way).  Elsewhere the mask is always taken, on the device.
-    """
+    """The mask of the finite values, or ``None`` where all are known finite: only on the CPU, where reading the
+    sum back syncs nothing (a finite sum means no NaN or inf; one that overflows just takes the masked way)."""
     if values.device.type == "cpu" and math.isfinite(float(values.sum())):
         return None
     return torch.isfinite(values)
@@ -136,10 +118,8 @@ def _row(stats: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
     """The histogram of a non-empty ``tensor`` as one 1-D tensor on its device, with no host sync.
 
-    Layout: ``[min, max, num, sum, sum_squares, nonfinite, count_0, ..., count_{bins-1}]``
-    (float64; float32 on MPS).  A value's bucket is ``torch.histc``'s,
-    ``floor((x - min) * bins / (max - min))``; low-precision floats are
-    upcast on the device.
+    Layout: ``[min, max, num, sum, sum_squares, nonfinite, count_0, ..., count_{bins-1}]`` (float64; float32 on
+    MPS).  A value's bucket is ``torch.histc``'s, ``floor((x - min) * bins / (max - min))``.
     """
     flat = tensor.detach().reshape(-1)
     stats = _local_stats(flat)
@@ -150,11 +130,8 @@ def histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
 def sharded_rows(tensors: Sequence[torch.Tensor], bins: int) -> list[torch.Tensor]:
     """Whole-parameter rows of DTensors (FSDP2's sharded parameters and gradients), gathering nothing.
 
-    Each rank takes the statistics of its own shard; a global minimum and
-    maximum and the sums come from ``all_reduce``; each rank bins its shard
-    over the global range, and the counts are summed by one more
-    ``all_reduce``.  A collective: every rank calls it with the same tensors
-    in the same order.
+    The global range and sums come from ``all_reduce``; each rank bins its shard over that range and the counts
+    are summed.  A collective: every rank calls it with the same tensors in the same order.
     """
     import torch.distributed as dist
 
@@ -190,8 +167,7 @@ def to_histogram(row: Sequence[float], bins: int) -> DeviceHistogram:
 
 
 def device_histogram(tensor: torch.Tensor, bins: int = 64) -> DeviceHistogram:
-    """The histogram of ``tensor``, binned with torch on its own device; only ``bins + 6`` numbers
-    are copied to the host.  NaN and infinite values are counted out.
+    """The histogram of ``tensor``, binned on its own device (only ``bins + 6`` numbers reach the host).
 
     :raises TypeError: ``tensor`` is not a tensor, or ``bins`` not an int.
     :raises ValueError: ``tensor`` is empty, or ``bins < 1``.
@@ -235,18 +211,17 @@ def _binnable(tensor: torch.Tensor) -> bool:
 
 
 class Histograms:
-    """Log histograms of weights, gradients and activations every N training steps.
+    """Log histograms of weights, gradients and activations at ``on_batch_end`` every N steps, on rank 0.
 
-    When: ``on_batch_end`` of every ``every_n_steps``-th step, on rank 0.
-    Activations are captured by module hooks the core attaches on those
-    steps only.  The values are those of that step.
+    Tags (HISTOGRAMS, DISTRIBUTIONS): ``weights/<parameter>`` (after the optimizer step), ``grads/<parameter>``
+    (where ``p.grad`` is set), ``activations/<module>`` (the first tensor of its output, captured on those steps
+    only).  Empty tensors are skipped; a tensor with no finite value is not written.
 
     :param every_n_steps: the logging interval in training steps (default 1000).
     :param weights: log every parameter (default True).
     :param grads: log every parameter's gradient (default True).
-    :param activations: submodule names (as in ``model.named_modules()``)
-        whose outputs to log, or ``"all"`` for every leaf module; default
-        ``()``, none.  Names not in the model are dropped with one warning.
+    :param activations: submodule names (from ``model.named_modules()``) whose outputs to log, or ``"all"`` for
+        every leaf module; default ``()``, none.  Unknown names are dropped with one warning.
     :param bins: buckets per histogram (default 64).
     """
 
@@ -382,9 +357,8 @@ class Histograms:
         self._warn_nonfinite(run, wait=True)
 
     def _warn_nonfinite(self, run: Run, wait: bool = False) -> None:
-        """On the training thread (a warning from the background thread would escape ``catch_warnings``):
-        warn once per run about the first step found with NaN/inf values; at the end, after waiting for
-        this plugin's tasks."""
+        """Warn once per run about the first step with NaN/inf values (at the end, after this plugin's tasks);
+        on the training thread, as a warning from the background thread would escape ``catch_warnings``."""
         with self._idle:
             if wait:
                 self._idle.wait_for(lambda: self._pending == 0)

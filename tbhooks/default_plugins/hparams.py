@@ -1,32 +1,7 @@
 """HParams: the run's hyper-parameters and final metrics, in the run's own event files.
 
-``SummaryWriter.add_hparams`` writes into a new sub-directory of the log
-directory, so every call shows up in TensorBoard as an extra run beside the
-real one.  This plugin writes the hparams plugin's three summaries (the
-experiment, the session start, the session end) through ``run.writer``'s own
-file writer instead: the run *is* the hparams session, and the metrics are
-scalars of the same run.
-
-Tags:
-
-``_hparams_/session_start_info`` (at fit start)
-    the hyper-parameters, ``run.hparams``: the Trainer fills ``model``,
-    ``optimizer``, ``lr`` (``momentum``), ``epochs``, ``batch_size``,
-    ``parameters``; ``hparams={...}`` of ``Trainer``/``attach`` adds more.
-``hparams/summary``, ``hparams/model`` (text, at fit start)
-    a Markdown table of the hyper-parameters; ``str(model)`` in a code block
-    with the parameter counts.
-``hparams/eval_<metric>`` (scalars, at fit end)
-    the final evaluation metrics (``metrics`` of ``on_fit_end``:
-    ``hparams/eval_loss``, ``hparams/eval_accuracy``), the metric columns of
-    the HPARAMS dashboard.
-``_hparams_/experiment``, ``_hparams_/session_end_info`` (at fit end)
-    the declaration of the hyper-parameters and of the metric tags above, and
-    the session's status.
-
-Values: bool, int, float and str are kept (ints and floats are numbers to
-TensorBoard); a one-element tensor becomes its number; anything else
-becomes ``str(value)``.
+``SummaryWriter.add_hparams`` writes into a new sub-directory, an extra run in TensorBoard; this plugin writes
+the hparams plugin's summaries through ``run.writer``'s own file writer, so the run *is* the hparams session.
 """
 
 from __future__ import annotations
@@ -99,19 +74,13 @@ def _summary(tag: str, data: HParamsPluginData) -> Summary:
 
 
 class HParams:
-    """Log the run's hyper-parameters, a model summary and the final metrics for the HPARAMS dashboard.
+    """Log the run's hyper-parameters, a model summary and the final metrics for the HPARAMS dashboard (rank 0).
 
-    When: at fit start (``on_fit_start``) the hyper-parameters (session start)
-    and two texts; at fit end (``on_fit_end``) the final evaluation metrics as
-    scalars, the experiment (hyper-parameter and metric declarations) and the
-    session end with status success.  A fit that ends without any evaluation
-    still gets the experiment and session end, with no metrics.  A fit that
-    raises (``on_exception``) gets them too, with status failure and the
-    metrics of the last evaluation that completed, if any.  Rank 0 only.
-
-    Where: HPARAMS (one row per run, the run's own directory: no sub-run is
-    created), SCALARS (``hparams/eval_<metric>``), TEXT (``hparams/summary``,
-    ``hparams/model``).
+    At ``on_fit_start``: ``run.hparams`` (``_hparams_/session_start_info``; bool, number or string, anything else
+    as ``str``), a Markdown table under ``hparams/summary`` and ``str(model)`` under ``hparams/model`` (TEXT).
+    At ``on_fit_end``: the final evaluation metrics as scalars ``hparams/eval_<metric>``, then
+    ``_hparams_/experiment`` and ``_hparams_/session_end_info`` (success).  On ``on_exception``: the same, with
+    status failure and the last completed evaluation's metrics, if any.
 
     :param model_summary: log ``hparams/model`` (default True).
     """
@@ -185,6 +154,5 @@ class HParams:
 
     @staticmethod
     def _add_summary(run: Run, summary: Summary, step: int | None = None) -> None:
-        # SummaryWriter.add_hparams would write into a new sub-directory (an extra run in
-        # TensorBoard); the writer's public file writer keeps them in the run's own event file.
+        # The writer's public file writer keeps them in the run's own event file (unlike add_hparams).
         run.writer.file_writer.add_summary(summary, run.step if step is None else step)

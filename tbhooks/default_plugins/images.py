@@ -1,8 +1,4 @@
-"""Images: a grid of the input images from the first batch of a fit and, optionally, of every N-th epoch.
-
-Tag ``images/inputs`` (the IMAGES dashboard), at the global step of the
-batch the grid shows.  The grid is built on the inputs' device; only the
-uint8 grid is copied to the CPU, on the step that logs, and
+"""Images: a grid of input images, built on their device; only the uint8 grid is copied to the CPU, and
 ``SummaryWriter.add_image`` (PNG encoding) runs on the run's background thread.
 """
 
@@ -22,25 +18,18 @@ TAG = "images/inputs"
 
 
 class Images:
-    """Log a grid of input images (``torchvision.utils.make_grid``).
+    """Log a grid of input images (``torchvision.utils.make_grid``) under ``images/inputs`` (IMAGES dashboard).
 
-    Fires on the first training batch of every fit and, with
-    ``every_n_epochs=N``, on the first batch of every N-th epoch (epochs 0,
-    N, 2N, ...).  Only rank 0 does any work.
+    At ``on_batch_end`` of the first batch of every fit and, with ``every_n_epochs=N``, of epochs 0, N, 2N, ...,
+    on rank 0, at that batch's step.  Inputs must be float or uint8 ``[N, C, H, W]`` with 1 or 3 channels or
+    ``[N, H, W]``; others are skipped with one INFO line on the ``tbhooks`` logger.
 
     :param max_images: how many images of the batch the grid shows (default 16).
-    :param every_n_epochs: also log a grid every N epochs; 0 (default) logs
-        only at fit start.
-    :param mean: per-channel means the inputs were normalised with, to undo
-        it (``x * std + mean``); ``None`` (default) for none.  One value
-        applies to every channel.
+    :param every_n_epochs: also log a grid every N epochs; 0 (default) logs only at fit start.
+    :param mean: per-channel means (one value for all channels) the float inputs were normalised with, to undo
+        it (``x * std + mean``, then clamped to ``[0, 1]``); ``None`` (default) for none.
     :param std: per-channel standard deviations, likewise (default ``None``).
     :param nrow: images per grid row (default 8).
-
-    Inputs must be ``[N, C, H, W]`` with 1 or 3 channels or ``[N, H, W]``;
-    float images are un-normalised and clamped to ``[0, 1]``, uint8 images
-    are shown as they are.  Other inputs (dicts, feature vectors, other
-    channel counts) are skipped with one INFO line on the ``tbhooks`` logger.
     """
 
     name = "images"

@@ -1,11 +1,5 @@
-"""PR curves: one precision-recall curve per class at every evaluation.
-
-Tags ``pr_curves/<class name>`` (the PR CURVES dashboard), at the step the
-evaluation belongs to.  Each curve ranks the evaluation set by the
-probability of its class (softmax over the class scores; sigmoid for a
-single logit) against the one-vs-rest truth ``targets == class``.  The
-official tutorial once passed the predicted class as the labels, which draws
-a curve of the model against itself; here the labels are always the targets.
+"""PR curves: one precision-recall curve per class at every evaluation, ranking the evaluation set by the class's
+probability against the one-vs-rest truth ``targets == class`` (always the targets, never the predicted class).
 """
 
 from __future__ import annotations
@@ -25,21 +19,14 @@ MAX_THRESHOLDS = 127
 
 
 class PRCurves:
-    """Log a precision-recall curve per class after every evaluation.
+    """Log a precision-recall curve per class at ``on_eval``, over the whole (gathered) evaluation set, on rank 0.
 
-    Fires in ``on_eval``, on the outputs and targets of the whole evaluation
-    set (gathered from every rank); only rank 0 does any work.
+    Tags ``pr_curves/<class name>`` (from ``run.class_names``, else the class index; PR CURVES dashboard), at the
+    evaluation's step.  Outputs ``[N, C]`` (``C >= 2``) with integer targets give ``C`` curves from the softmax;
+    a single logit (``[N]`` or ``[N, 1]``) with 0/1 targets gives one curve, for class 1, from the sigmoid.
+    Anything else is skipped with one INFO line on the ``tbhooks`` logger.
 
     :param num_thresholds: points on each curve, from 2 to 127 (default 127).
-
-    Multi-class outputs ``[N, C]`` (``C >= 2``) with integer targets ``[N]``
-    give ``C`` curves from the softmax probabilities; a single logit (``[N]``
-    or ``[N, 1]``) with 0/1 targets (integer, bool or float) gives one curve
-    for class 1 from the sigmoid.  Anything else (regression outputs, say) is
-    skipped with one INFO line on the ``tbhooks`` logger.
-
-    Tags: ``pr_curves/<class name>`` from the run's ``class_names``, else
-    ``pr_curves/<class index>`` (PR CURVES dashboard), at the evaluation's step.
     """
 
     name = "pr_curves"

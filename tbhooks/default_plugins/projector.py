@@ -1,31 +1,9 @@
-"""The projector's files: what ``SummaryWriter.add_embedding`` writes, through TensorBoard's public protobuf.
+"""The projector's files, laid out as ``SummaryWriter.add_embedding`` writes them, through TensorBoard's protobuf.
 
-``add_embedding`` formats the features one ``.item()`` at a time (a call per
-value, on a thread that shares the interpreter lock with training) and keeps
-the projector's config in the writer's memory only.  Its sharp edges, and
-what this module does about each:
-
-* files go to ``<logdir>/<step:05d>/<tag with / as %2f>/`` (``tensors.tsv``,
-  ``metadata.tsv``, ``sprite.png``) and ``<logdir>/projector_config.pbtxt``
-  lists every embedding.  When that directory exists ``add_embedding``
-  *prints* a warning to stdout and overwrites the files: the tag here
-  carries the step, and a tag already on disk gets a ``_2``, ``_3``...
-  suffix, so an embedding never overwrites another.
-* the config is rebuilt from memory held by the writer, so a second run on
-  the same log directory would drop the first run's embeddings from it; here
-  the existing file is read, extended and written again.
-* ``metadata.tsv`` is the labels joined by newlines, unescaped: a tab turns
-  the first line into a header, a newline or a carriage return splits a
-  point in two, and a blank label is skipped by the projector's parser, so
-  every label goes through :func:`tsv_label`.
-* the sprite is laid out ``ceil(sqrt(N))`` thumbnails a row in a square
-  canvas as wide as that row (taller thumbnails do not fit); the projector
-  refuses sprites over 8192 px a side.  Thumbnails are padded square and
-  downscaled to fit.  (``add_embedding`` wants floats in ``[0, 1]`` and
-  truncates ``x * 255``; the thumbnails here are ``uint8`` already and
-  written as they are.)
-* the projector's parser refuses vectors of dimension 1 and non-numeric
-  values (``nan``); such embeddings are skipped with an INFO line.
+``add_embedding`` formats features one ``.item()`` at a time, overwrites (and prints about) an existing
+``<step:05d>/<tag>`` directory, rebuilds ``projector_config.pbtxt`` from the writer's memory (dropping earlier
+runs' embeddings) and writes labels unescaped.  Here rows are formatted at once, the caller picks a free tag, the
+existing config is extended, and every label goes through :func:`tsv_label`.
 """
 
 from __future__ import annotations
@@ -43,12 +21,9 @@ _ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 def tsv_label(value: object) -> str:
     """``value`` as one safe cell of the projector's single-column ``metadata.tsv``.
 
-    Tabs, newlines and carriage returns become the two characters ``\\t``,
-    ``\\n``, ``\\r``; other control characters, line/paragraph separators and
-    lone surrogates (which cannot be written as UTF-8) become ``\\xNN`` or
-    ``\\uNNNN``.  Printable unicode is kept as is (the file is UTF-8).  A
-    label that would be blank, which the projector skips (shifting every
-    later label onto the wrong point), is written as its ``repr``.
+    Tabs, newlines and carriage returns become ``\\t``, ``\\n``, ``\\r``; other control characters, line or
+    paragraph separators and lone surrogates become ``\\xNN`` or ``\\uNNNN``.  A label that would be blank (the
+    projector skips those, shifting later labels onto the wrong points) is written as its ``repr``.
     """
     text = str(value)
     out: list[str] = []
@@ -78,10 +53,8 @@ def write_projector_files(
     :param metadata: ``N`` labels (one column, already made safe by :func:`tsv_label`), or ``None``.
     :param sprite: ``[N, C, S, S]`` ``uint8`` thumbnails (C 1 or 3), or ``None``.
 
-    Runs on the background thread.  The directory ``<step:05d>/<encoded tag>``
-    must not exist yet (the caller picks a free tag).  The config file is
-    read, extended and written again, so embeddings of earlier runs in the
-    same directory stay listed.
+    The directory ``<step:05d>/<encoded tag>`` must not exist yet; the existing config is extended, so
+    embeddings of earlier runs in the same log directory stay listed.
     """
     from google.protobuf import text_format
     from tensorboard.plugins.projector.projector_config_pb2 import EmbeddingInfo, ProjectorConfig

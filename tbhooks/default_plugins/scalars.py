@@ -1,20 +1,4 @@
-"""Scalars: the training loss, learning rates and the epoch and evaluation metrics.
-
-Tags (all against the global step):
-
-``train/loss``
-    the batch loss of every ``every_n_steps``-th step (averaged over ranks);
-``train/lr`` (one param group) or ``train/lr/group<i>``
-    each param group's learning rate, at the same steps;
-``train/epoch_loss``
-    the mean batch loss of the epoch, at epoch end (so short epochs still get a point);
-``eval/<metric>``
-    every evaluation metric (``eval/loss``, ``eval/accuracy``), at each evaluation.
-
-The plugin declares its schedule (``batch_end_due``), so on the steps in
-between the core does not raise ``on_batch_end`` for it, and the loss is
-read back only on the steps it logs.
-"""
+"""Scalars: the training loss, learning rates and the epoch and evaluation metrics."""
 
 from __future__ import annotations
 
@@ -32,7 +16,11 @@ if TYPE_CHECKING:
 
 
 class Scalars:
-    """Log losses, learning rates and metrics as scalars.
+    """Log losses, learning rates and metrics as scalars, against the global step.
+
+    Tags: ``train/loss`` (the batch loss, averaged over ranks) and ``train/lr`` (``train/lr/group<i>`` with
+    several param groups) every ``every_n_steps``-th step, the loss read back only then; ``train/epoch_loss``
+    (the epoch's mean batch loss) at epoch end; ``eval/<metric>`` at each evaluation.
 
     :param every_n_steps: the interval of ``train/loss`` and ``train/lr`` (default 50).
     :param lr: log learning rates (default True).

@@ -1,8 +1,6 @@
 """The command ``tbhooks demo``: its options, one run of the demo, and the exit status.
 
-:func:`main` parses the options, :func:`run` trains (with the loop
-``--loop`` names in :data:`tbhooks.demo.loops.LOOPS`) and reads the run
-back; problems the user can fix end as one line on stderr and exit status 2.
+Problems the user can fix end as one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -38,8 +36,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LOGDIR = "runs/demo"
 DEFAULT_EPOCHS = {"digits": 8, "fashion-mnist": 2, "text": 2}
-"""Epochs when ``--epochs`` is not given: digits reaches over 90% test accuracy
-in 3 epochs and about 97% in 8; FashionMNIST has 60000 training images."""
+"""Epochs without ``--epochs``: digits reaches about 97% test accuracy in 8; FashionMNIST has 60000 images."""
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -145,10 +142,7 @@ def fresh_run_dir(parent: str | Path, name: str) -> Path:
 def cpu_threads() -> int:
     """Torch threads for the demo on the CPU: half the usable cores, from 1 to 4.
 
-    The network is tiny, so a batch gains little from more threads, while
-    threads that outnumber the free cores wait on each other.  The other
-    half of the cores is left to the work beside training (the render worker
-    that draws the figures, the writer's thread).
+    The tiny network gains little from more; the other half is left to the render worker and the writer.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(4, cores // 2))
@@ -157,8 +151,7 @@ def cpu_threads() -> int:
 def run(args: argparse.Namespace, stream: Any = None) -> DemoResult:
     """Run the demo for parsed ``args``; raises :class:`DemoError` for problems the user can fix.
 
-    On the CPU it trains with :func:`cpu_threads` threads and restores the
-    process's thread count afterwards.
+    On the CPU it trains with :func:`cpu_threads` threads, then restores the process's thread count.
     """
     device = resolve_demo_device(args.device)
     threads = torch.get_num_threads()
@@ -232,7 +225,6 @@ def _run(args: argparse.Namespace, device: torch.device, stream: Any) -> DemoRes
             file=stream or sys.stdout,
             flush=True,
         )
-
     torch.manual_seed(args.seed)
     if text:
         from tbhooks.demo.text import tiny_bert
@@ -277,8 +269,7 @@ def _run(args: argparse.Namespace, device: torch.device, stream: Any) -> DemoRes
 def main(argv: Sequence[str] | None = None) -> int:
     """``tbhooks demo ARGS``: run the demo and print the report; returns the exit status.
 
-    Exit status 0 on success, 2 for a bad option (argparse) or a problem the
-    user can fix (missing data or package), printed as one line on stderr.
+    0 on success, 2 for a bad option or a problem the user can fix (printed as one line on stderr).
     """
     parser = build_parser()
     try:

@@ -1,8 +1,6 @@
 """The demo's data: scikit-learn's digits or torchvision's FashionMNIST, as normalised 28x28 tensors.
 
-Both data sets end up as a :class:`DemoData`, a train and a test split of
-``[N, 1, 28, 28]`` images normalised as in the tutorial, so every loop and
-plugin sees the same shapes whichever data set the user picked.
+Both end up as a :class:`DemoData`, so every loop and plugin sees the same shapes.
 """
 
 from __future__ import annotations
@@ -68,10 +66,9 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 def load_digits(seed: int = 0, test_fraction: float = TEST_FRACTION) -> DemoData:
-    """scikit-learn's 1797 handwritten digits, resized from 8x8 to 28x28 (bilinear).
+    """scikit-learn's 1797 handwritten digits, resized from 8x8 to 28x28 (bilinear) and normalised.
 
-    The pixel values 0..16 are scaled to ``[0, 1]`` and normalised; a random
-    ``test_fraction`` of the images, drawn with ``seed``, is held out.
+    A random ``test_fraction`` of the images, drawn with ``seed``, is held out.
     Raises :class:`DemoError` when scikit-learn is missing.
     """
     try:
@@ -96,11 +93,9 @@ def load_digits(seed: int = 0, test_fraction: float = TEST_FRACTION) -> DemoData
 
 
 def load_fashion_mnist(data_dir: str | Path, download: bool = False) -> DemoData:
-    """torchvision's FashionMNIST (60000 training and 10000 test images) from ``data_dir``.
+    """torchvision's FashionMNIST (60000 training and 10000 test images) from ``<data_dir>/FashionMNIST/raw``.
 
-    torchvision reads ``<data_dir>/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``;
-    ``download=True`` fetches them first.  Missing or unreadable files raise
-    :class:`DemoError` naming the path and the ``--data-dir``/``--download`` options.
+    ``download=True`` fetches the files first; missing or unreadable files raise :class:`DemoError`.
     """
     from torchvision.datasets import FashionMNIST
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 class DemoError(Exception):
     """A problem the user can fix (missing data, a missing package, a bad option).
 
-    ``tbhooks demo`` prints its message as one line on stderr and exits with
-    status 2; it never shows a traceback for these.
+    ``tbhooks demo`` prints it as one line on stderr, without a traceback, and exits with status 2.
     """
 
 

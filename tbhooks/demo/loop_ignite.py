@@ -1,8 +1,4 @@
-"""The demo's training through PyTorch-Ignite and :mod:`tbhooks.integrations.ignite`.
-
-:func:`fit_ignite` has the signature of :class:`tbhooks.demo.loops.FitLoop`,
-so it can be one more entry of ``LOOPS``; it needs ``pytorch-ignite``.
-"""
+"""The demo's training through PyTorch-Ignite and :mod:`tbhooks.integrations.ignite` (an entry of ``LOOPS``)."""
 
 from __future__ import annotations
 
@@ -28,7 +24,7 @@ def fit_ignite(
     device: torch.device,
     **options: Any,
 ) -> dict[str, float]:
-    """The training of :func:`tbhooks.demo.loops.fit_trainer`, run by an Ignite trainer and evaluator.
+    """The training of :func:`tbhooks.demo.loops.fit_trainer` by an Ignite trainer and evaluator.
 
     ``options`` go to ``tbhooks.attach``.  Returns the last evaluation's metrics.
     """

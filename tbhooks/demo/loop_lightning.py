@@ -1,8 +1,6 @@
 """The demo's training through Lightning, with :class:`tbhooks.integrations.lightning.TbhooksCallback`.
 
-:func:`fit_lightning` has the signature of :class:`tbhooks.demo.loops.FitLoop`.
-Lightning is imported only when it runs, so importing this module (and the
-demo) works without Lightning installed.
+Lightning is imported only when it runs, so the demo imports without it.
 """
 
 from __future__ import annotations
@@ -22,9 +20,7 @@ if TYPE_CHECKING:
 def lightning_module(model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
     """A LightningModule that trains ``model`` with ``optimizer`` and cross-entropy.
 
-    The network's layers become the module's own children under their own
-    names, so per-layer tags (histograms, activations) read as in the other
-    loops (``conv1``, not ``net.conv1``); the network's ``forward`` runs them.
+    The network's layers become its own children, so per-layer tags read ``conv1`` as in the other loops.
     """
     from tbhooks.integrations.lightning import pl
 
@@ -65,9 +61,7 @@ def fit_lightning(
 ) -> dict[str, float]:
     """Train with a Lightning ``Trainer`` and :class:`TbhooksCallback`; ``options`` go to the callback.
 
-    No Lightning logger, checkpoint, progress bar, model summary or sanity
-    check: tbhooks writes the only logs, into ``logdir``.  The tags and steps
-    are the other loops'; the values agree in the first epoch only, as
+    tbhooks writes the only logs; the values agree with the other loops' in the first epoch only, as
     Lightning draws a shuffled loader's order differently from the second on.
     """
     from tbhooks.integrations.lightning import TbhooksCallback, pl

@@ -1,9 +1,6 @@
-"""The ways the demo can train, as a table ``--loop`` name -> fit function.
+"""The ways the demo can train, as a table ``--loop`` name -> fit function (:data:`LOOPS`).
 
-Every fit function takes the same arguments (:class:`FitLoop`) and returns
-the last evaluation's metrics, so ``tbhooks demo`` only looks its loop up in
-:data:`LOOPS`; a new way to train (a framework adapter, say) is one more
-function and one more entry.
+Every fit function takes the same arguments (:class:`FitLoop`) and returns the last evaluation's metrics.
 """
 
 from __future__ import annotations
@@ -80,10 +77,7 @@ def fit_custom_loop(
     device: torch.device,
     **options: Any,
 ) -> dict[str, float]:
-    """The same training as :func:`fit_trainer`, as a hand-written loop around ``tbhooks.attach``.
-
-    ``demo/custom_loop.py`` in the repository is this loop as a script.
-    """
+    """The same training as :func:`fit_trainer`, as a hand-written loop around ``tbhooks.attach``."""
     from tbhooks.hooks import attach
 
     loss_fn = nn.CrossEntropyLoss()
@@ -102,7 +96,6 @@ def fit_custom_loop(
                 optimizer.step()
                 hooks.batch_end(inputs, targets, outputs, loss)
             hooks.epoch_end()
-
             model.eval()
             hooks.eval_start()
             with torch.no_grad():

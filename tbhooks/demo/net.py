@@ -8,10 +8,9 @@ from torch import nn
 
 
 class Net(nn.Module):
-    """The PyTorch TensorBoard tutorial's network, for 1x28x28 inputs and 10 classes.
+    """The tutorial's network for 1x28x28 inputs, returning the class scores (logits).
 
-    ``conv(1, 6, 5) -> pool -> conv(6, 16, 5) -> pool -> fc 256 -> 120 -> 84 -> 10``,
-    ReLU after every layer but the last; it returns the class scores (logits).
+    ``conv(1, 6, 5) -> pool -> conv(6, 16, 5) -> pool -> fc 256 -> 120 -> 84 -> classes``, ReLU but last.
     """
 
     def __init__(self, classes: int = 10) -> None:

@@ -1,10 +1,4 @@
-"""The plugins the demo runs: the built-ins sized for its small data, and a progress printer.
-
-Every built-in runs; four of them get intervals that follow the epoch length,
-so a short run still fills every dashboard.  Installed distributions (the
-``figures`` plugin among them) come through their entry points as they would
-in any run.
-"""
+"""The plugins the demo runs: the built-ins sized for its small data, and a progress printer."""
 
 from __future__ import annotations
 
@@ -21,8 +15,6 @@ if TYPE_CHECKING:
 
 FIGURES_PLUGIN = "figures"
 """The entry-point name of the ``tbhooks-figures`` distribution."""
-
-
 NET_ACTIVATIONS = ("conv1", "conv2", "fc1", "fc2", "fc3")
 """The tutorial network's layers, whose outputs the histograms show."""
 TEXT_ACTIVATIONS = ("bert.encoder.layer.0", "bert.encoder.layer.1", "classifier")
@@ -32,11 +24,8 @@ TEXT_ACTIVATIONS = ("bert.encoder.layer.0", "bert.encoder.layer.1", "classifier"
 def demo_plugins(steps_per_epoch: int, epochs: int, activations: tuple[str, ...] = NET_ACTIVATIONS) -> list[object]:
     """The built-ins configured for the demo's small data (each replaces its default by name).
 
-    The intervals follow the epoch length, so a short run still fills every
-    dashboard: scalars about 5 times and histograms about twice per epoch,
-    one embedding at the last evaluation.  ``graph``, ``pr_curves`` and
-    ``hparams`` keep their defaults; ``figures`` and other installed
-    distributions come through their entry points.
+    The intervals follow the epoch length, so a short run still fills every dashboard; the other
+    built-ins keep their defaults, and installed distributions come through their entry points.
     """
     from tbhooks.default_plugins.embeddings import Embeddings
     from tbhooks.default_plugins.histograms import Histograms
@@ -55,10 +44,7 @@ def demo_plugins(steps_per_epoch: int, epochs: int, activations: tuple[str, ...]
 
 
 class EpochPrinter:
-    """Prints one line per epoch: training loss and test metrics.  Writes nothing to TensorBoard.
-
-    It has no ``on_batch_end``, so it costs nothing on training steps.
-    """
+    """Prints one line per epoch (training loss, test metrics); no ``on_batch_end``, no TensorBoard output."""
 
     name = "demo_progress"
 

@@ -1,8 +1,6 @@
 """Reading a demo run back: what each TensorBoard dashboard will show, and the report printed at the end.
 
-Everything here is measured from the files TensorBoard will read, never
-taken from what the demo meant to write, so the report also catches a
-plugin that logged nothing.
+Everything is read from the files TensorBoard will read, so the report also catches a plugin that logged nothing.
 """
 
 from __future__ import annotations
@@ -31,12 +29,7 @@ class Dashboard:
 
 
 def dashboard_summary(run_dir: str | Path) -> dict[str, Dashboard]:
-    """Read ``run_dir`` (and its sub-directories' event files) back and sort the tags by dashboard.
-
-    The event files are read with TensorBoard's own reader (through
-    :func:`tbhooks.testing.read_events`), the projector through
-    ``projector_config.pbtxt``.
-    """
+    """Read ``run_dir``'s event files (sub-directories too) and ``projector_config.pbtxt``; tags by dashboard."""
     from tensorboard.plugins.hparams import metadata as hparams_metadata
 
     from tbhooks.testing import read_events

@@ -1,12 +1,7 @@
 """The demo's text task for ``--loop transformers``: generated token data, a tiny BERT, and HF's Trainer.
 
-:func:`text_data` generates sentences of token ids whose class shows in a
-few keyword tokens among random filler, so a two-layer BERT learns it to
-well above chance in a couple of CPU epochs; :func:`tiny_bert` builds that
-model from a config (no download); :func:`fit_transformers` trains it with
-``transformers.Trainer`` and :class:`tbhooks.integrations.transformers.TbhooksCallback`,
-with the signature of every demo loop (:class:`tbhooks.demo.loops.FitLoop`).
-transformers is imported only inside the functions that need it.
+The data is easy enough for a two-layer BERT to learn in a couple of CPU epochs; nothing is downloaded,
+and transformers is imported only inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -35,9 +30,8 @@ TRAIN_SIZE, TEST_SIZE = 1200, 300
 def text_data(seed: int = 0) -> DemoData:
     """Sentences of ``SEQ_LEN`` token ids (``[CLS]`` first) with labels, a train and a test split.
 
-    Each sentence holds three keywords of its class at random places among
-    filler words and, half of the time, one keyword of another class: the
-    class is the keywords' majority, which attention has to find.
+    Each holds three keywords of its class among filler words and, half of the time, one keyword of
+    another class: the class is the keywords' majority, which attention has to find.
     """
     generator = torch.Generator().manual_seed(seed)
     classes = len(TEXT_CLASSES)
@@ -106,11 +100,9 @@ def fit_transformers(
 ) -> dict[str, float]:
     """Train with ``transformers.Trainer`` and ``TbhooksCallback(logdir=logdir, **options)``.
 
-    The Trainer batches the loaders' datasets itself, with the loaders'
-    batch sizes, and shuffles with the training loader's seed.  ``optimizer``
-    is used as given, at a constant learning rate and without gradient
-    clipping, as in the other loops.  Evaluates after every epoch; returns
-    tbhooks' last evaluation metrics (``loss``, ``accuracy``).
+    The Trainer batches the loaders' datasets with their batch sizes and the training loader's seed;
+    ``optimizer`` runs at a constant rate without clipping, as in the other loops.  Evaluates every
+    epoch; returns tbhooks' last evaluation metrics (``loss``, ``accuracy``).
     """
     from transformers import PrinterCallback, Trainer, TrainingArguments
 

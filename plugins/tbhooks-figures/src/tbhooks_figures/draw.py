@@ -1,9 +1,7 @@
 """The functions the render worker process calls: numpy in, a matplotlib ``Figure`` out.
 
-Kept in a module of their own that imports neither torch, nor tbhooks, nor
-matplotlib at import time: the plugin (in the training process) imports this
-module to name the functions, and only the worker, which calls them, imports
-matplotlib (through :mod:`tbhooks_figures.render`).
+No torch, tbhooks or matplotlib at import time: the plugin imports this module to name the functions,
+and only the worker, which calls them, imports matplotlib (through :mod:`tbhooks_figures.render`).
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """The ``figures`` plugin: two figures per evaluation, in TensorBoard's IMAGES dashboard.
 
-``figures/predictions_vs_actuals``
-    the first ``num_images`` evaluation inputs, each titled with the
-    predicted class, its probability (softmax of the outputs, in %) and the
-    true label; green when the prediction is right, red when it is wrong.
-``figures/confusion_matrix``
-    the counts of (true label, predicted class) over the whole evaluation
-    set, class names on the axes, the count in each cell.
+``figures/predictions_vs_actuals``: the first ``num_images`` evaluation inputs, each titled with the
+predicted class, its probability (softmax, in %) and the true label (green when right, red when wrong).
+``figures/confusion_matrix``: the counts of (true label, predicted class) over the evaluation set.
 
-Cost on the training thread: on evaluation batches of a logged evaluation, a
-slice and a clone of the first few inputs (device operations, no sync); at
-the end of it, one ``bincount`` on the device and four small tensors moved to
-the CPU and the titles of the predictions figure (a softmax over a few
-rows).  Drawing and PNG encoding run in the run's render worker process
-(``run.render_image``), so they never hold the training process's GIL.
-Evaluations that are not logged cost nothing.
+The training thread only clones a few inputs (no sync) and moves small tensors to the CPU on a logged
+evaluation; drawing and PNG encoding run in the render worker process (``run.render_image``).
 """
 
 from __future__ import annotations
@@ -37,16 +28,10 @@ RIGHT, WRONG = "green", "red"
 """Title colours of a right and a wrong prediction (matplotlib colour names)."""
 
 
-# ---------------------------------------------------------------------------
-# pure helpers (tested on their own)
-# ---------------------------------------------------------------------------
-
-
 def confusion_counts(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``[C, C]`` int64 counts on the tensors' device: row = true label, column = predicted class.
 
-    One ``bincount`` over ``label * C + prediction``; nothing is read back, so
-    the caller decides when the small matrix crosses to the CPU.
+    Nothing is read back, so the caller decides when the small matrix crosses to the CPU.
     """
     if predictions.shape != labels.shape or predictions.ndim != 1:
         raise ValueError(
@@ -61,9 +46,7 @@ def prediction_titles(
 ) -> list[tuple[str, str]]:
     """``(title, colour)`` per sample: ``"<predicted>, <p>%\\n(label: <true>)"``, green when right, red when wrong.
 
-    :param probabilities: ``[N, C]`` class probabilities (rows sum to 1).
-    :param labels: ``[N]`` true labels.
-    :param class_names: ``C`` names.
+    ``probabilities`` is ``[N, C]`` (rows sum to 1), ``labels`` ``[N]``, ``class_names`` ``C`` names.
     """
     if probabilities.ndim != 2 or labels.shape != (probabilities.shape[0],):
         raise ValueError(
@@ -78,10 +61,7 @@ def prediction_titles(
 
 
 def image_batch(inputs: Any) -> bool:
-    """Whether ``inputs`` is a batch of images: a tensor ``[N, C, H, W]`` with C 1 or 3, or ``[N, H, W]``.
-
-    Looks at the shape and dtype only (no device sync).
-    """
+    """Whether ``inputs`` is a tensor ``[N, C, H, W]`` with C 1 or 3, or ``[N, H, W]`` (no device sync)."""
     if not isinstance(inputs, torch.Tensor) or inputs.is_complex() or inputs.dtype == torch.bool:
         return False
     if inputs.ndim == 4:
@@ -98,11 +78,6 @@ def _check_int(option: str, value: object, minimum: int, maximum: int | None = N
     return value
 
 
-# ---------------------------------------------------------------------------
-# the plugin
-# ---------------------------------------------------------------------------
-
-
 class Figures:
     """Log a predictions-vs-actuals figure and a confusion matrix at each evaluation.
 
@@ -110,14 +85,10 @@ class Figures:
     :param every_n_evals: log at evaluations 1·n, 2·n, ... of the run (default 1: every evaluation).
     :param dpi: pixels per inch of both figures (default 100; 10 to 600).
     :param confusion_matrix: log the confusion matrix (default True).
-    :param max_classes: draw the confusion matrix only up to this many classes
-        (default 40); above, one info line and no matrix (a readable figure
-        would be too large).
+    :param max_classes: draw the confusion matrix only up to this many classes (default 40; above, an info line).
 
-    Both figures need classification: outputs ``[N, C]`` and integer targets
-    ``[N]`` (``run.class_scores``); class names come from ``class_names=``
-    of ``attach``/``Trainer`` when their number matches ``C``, else the
-    class indices are used.
+    Both figures need outputs ``[N, C]`` and integer targets ``[N]``; the class names are ``class_names=``
+    of ``attach``/``Trainer`` when their number matches ``C``, else the class indices.
     """
 
     name = "figures"

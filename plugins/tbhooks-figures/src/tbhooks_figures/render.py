@@ -1,14 +1,7 @@
-"""Figure builders: data in, a ``matplotlib.figure.Figure`` out.
+"""Figure builders: data in, a ``matplotlib.figure.Figure`` out, run in the render worker process.
 
-These run in the run's render worker process (``run.render_image``), which
-saves each figure as PNG; never on the training thread.  No function here
-touches ``matplotlib.pyplot``: each figure is a bare
-:class:`matplotlib.figure.Figure`, so no global figure registry keeps it
-alive, and it is released once the worker has saved it.
-
-Every string that comes from the user (class names) is drawn with
-``parse_math=False``, so a ``$`` in a class name is shown as is instead of
-failing as unbalanced mathtext.
+Each figure is a bare ``Figure`` (no ``pyplot``), so no global registry keeps it alive after the worker
+saves it.  User strings (class names) are drawn with ``parse_math=False``, so a ``$`` shows as is.
 """
 
 from __future__ import annotations
@@ -24,10 +17,9 @@ _NAME_CHARS = 24
 
 
 def tbhooks_warm_up() -> None:
-    """Draw and save a small figure once when the render worker starts (it calls this after the import).
+    """Draw and save a small figure when the render worker starts (it calls this after the import).
 
-    A process's first figure loads fonts and fills caches; done here, that
-    overlaps with training instead of delaying the first evaluation's figures.
+    The first figure loads fonts and fills caches; here that overlaps with training.
     """
     import io
 
@@ -38,16 +30,10 @@ def _short(name: str) -> str:
     return name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 1] + "…"
 
 
-# ---------------------------------------------------------------------------
-# predictions vs. actuals
-# ---------------------------------------------------------------------------
-
-
 def _as_rgb_images(images: np.ndarray) -> np.ndarray:
     """``[N, C, H, W]`` (C 1 or 3) or ``[N, H, W]`` -> ``[N, H, W, 3]`` floats in [0, 1].
 
-    Each image is stretched to its own min..max, so normalised inputs (mean
-    0, std 1) and raw 0..255 inputs both show with full contrast.
+    Each image is stretched to its own min..max, so normalised and raw 0..255 inputs both show full contrast.
     """
     array = np.nan_to_num(np.asarray(images, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     if array.ndim == 3:
@@ -84,16 +70,13 @@ def predictions_figure(
 ) -> Figure:
     """The "predictions vs. actuals" grid: each image under its title.
 
-    :param images: ``[N, C, H, W]`` with C 1 or 3, or ``[N, H, W]`` (numpy
-        or a CPU tensor).
+    :param images: ``[N, C, H, W]`` with C 1 or 3, or ``[N, H, W]`` (numpy or a CPU tensor).
     :param titles: ``(text, colour)`` per image, as :func:`tbhooks_figures.prediction_titles` makes them.
     :param dpi: pixels per inch of the figure.
     :param panel_inches: the side of each image's square panel.
     :param columns: images per row.
 
-    The images are composed into one pixel grid and placed with
-    ``Figure.figimage``: no Axes per panel, no resampling blur, and a few
-    milliseconds per figure.
+    The images are composed into one pixel grid placed with ``Figure.figimage`` (no Axes, no resampling blur).
     """
     rgb = _as_rgb_images(images)
     count = rgb.shape[0]
@@ -117,7 +100,6 @@ def predictions_figure(
         top = row * cell_h + title_px + (panel - image.shape[0]) // 2
         left = col * cell_w + gap // 2 + (panel - image.shape[1]) // 2
         grid[top : top + image.shape[0], left : left + image.shape[1]] = image
-
     figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     figure.figimage(grid, xo=0, yo=0, origin="upper")
     for index, (text, colour) in enumerate(titles):
@@ -136,11 +118,6 @@ def predictions_figure(
     return figure
 
 
-# ---------------------------------------------------------------------------
-# confusion matrix
-# ---------------------------------------------------------------------------
-
-
 def confusion_matrix_figure(
     counts: np.ndarray,
     class_names: Sequence[str],
@@ -150,15 +127,12 @@ def confusion_matrix_figure(
 ) -> Figure:
     """The confusion matrix: true class down, predicted class across, the count in each cell.
 
-    :param counts: ``[C, C]`` integer counts, row = true label, column =
-        predicted class (as :func:`tbhooks_figures.confusion_counts` makes them).
+    :param counts: ``[C, C]`` integer counts, row = true label, column = predicted class.
     :param class_names: ``C`` names for the axes.
     :param dpi: pixels per inch of the figure.
-    :param figsize: ``(width, height)`` in inches; by default about half an
-        inch per class plus room for the names.
+    :param figsize: ``(width, height)`` in inches; by default about half an inch per class plus the names.
 
-    The title gives the number of samples and the accuracy (the diagonal's
-    share).  Cell text is white on dark cells and black on light ones.
+    The title gives the number of samples and the accuracy (the diagonal's share).
     """
     counts = np.asarray(counts)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
@@ -170,7 +144,6 @@ def confusion_matrix_figure(
     names = [_short(str(name)) for name in class_names]
     total = int(counts.sum())
     accuracy = float(np.trace(counts)) / total if total else 0.0
-
     cell = 0.45  # inches per class when the size is ours to choose
     fontsize = min(10.0, max(5.0, cell * 72 * 0.3))
     char = fontsize * 0.6 / 72  # rough width of one character, inches
@@ -182,7 +155,6 @@ def confusion_matrix_figure(
         side = max(2.4, cell * classes)
         figsize = (left + side + right, bottom + side + top)
     width, height = figsize
-
     figure = Figure(figsize=figsize, dpi=dpi)
     # Margins as fractions; capped so that a tiny figure still has room for the matrix.
     figure.subplots_adjust(
@@ -197,15 +169,8 @@ def confusion_matrix_figure(
     for row in range(classes):
         for col in range(classes):
             value = int(counts[row, col])
-            axes.text(
-                col,
-                row,
-                str(value),
-                ha="center",
-                va="center",
-                fontsize=fontsize,
-                color="white" if value > peak / 2 else "black",
-            )
+            colour = "white" if value > peak / 2 else "black"  # readable on dark and light cells
+            axes.text(col, row, str(value), ha="center", va="center", fontsize=fontsize, color=colour)
     axes.set_xticks(
         range(classes), names, rotation=45, ha="right", rotation_mode="anchor", fontsize=fontsize, parse_math=False
     )
