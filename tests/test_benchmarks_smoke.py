@@ -133,11 +133,16 @@ def test_cuda_check_runs_on_the_cpu(tmp_path: Path) -> None:
     """``benchmarks/cuda_check.py`` runs only on lent GPU machines: tried out here on the CPU, tiny sizes."""
     out = tmp_path / "cuda.md"
     command = [sys.executable, str(ROOT / "benchmarks" / "cuda_check.py"), "--device", "cpu"]
-    command += ["--steps", "20", "--reps", "1", "--out", str(out)]
+    command += ["--steps", "32", "--skip", "2", "--reps", "1", "--resnet-batch", "4", "--out", str(out)]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = out.read_text()
+    assert re.findall(r"^- (.*); steps 3 to 32 of each run timed:$", report, re.M) == [
+        "the tutorial's network, batch 4, 28x28x1",
+        "ResNet-18, batch 4, 32x32x3, bf16",
+    ]
     for row in ("bare loop", "tbhooks default"):
-        assert re.search(
-            rf"^- {re.escape(row)}: [\d,]+ steps/s \(range [\d,]+–[\d,]+\), ratio to bare \d\.\d{{3}}$", report, re.M
-        ), row
+        found = re.findall(
+            rf"^  - {re.escape(row)}: [\d,]+ steps/s \(range [\d,]+–[\d,]+\), ratio to bare \d\.\d{{3}}$", report, re.M
+        )
+        assert len(found) == 2, row
