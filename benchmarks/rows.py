@@ -20,10 +20,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import tbhooks
+from tbhooks.default_plugins.histograms import Histograms
+from tbhooks.default_plugins.scalars import Scalars
 
 CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
 CONTROL = "bare loop"
-DEFAULT_SCHEDULE = (50, 1000)  # tbhooks' defaults: scalars every 50 steps, histograms every 1000
+DEFAULT_SCHEDULE = (Scalars().every_n_steps, Histograms().every_n_steps)
+"""tbhooks' default schedule, read from the plugins' defaults: (scalars every, histograms every) steps."""
 
 
 def tutorial_net() -> nn.Sequential:
@@ -51,8 +54,8 @@ class Sizes:
     """One workload's sizes and logging schedule (the same for every row)."""
 
     steps: int  # training steps per run
-    interval: int  # the schedule's "every 1000 steps": histograms, evaluations, the tutorial's figure
-    scalars: int  # the schedule's "every 50 steps": scalars
+    interval: int  # histograms, evaluations, the tutorial's figure every this many steps
+    scalars: int  # scalars every this many steps
     reps: int
     channels: int = 0  # W2's CNN width
     skip: int = 0  # steps before the steady state (the first step traces the graph, say)
@@ -123,9 +126,6 @@ PLUGINS: dict[str, str] = {}  # per tbhooks row, the plugins its last run regist
 
 def scaled_plugins(w: Workload, activations: str | tuple[str, ...] = ()) -> list[Any]:
     """The built-ins to pass on the workload's schedule (none on tbhooks' default one, without activations)."""
-    from tbhooks.default_plugins.histograms import Histograms
-    from tbhooks.default_plugins.scalars import Scalars
-
     if not w.scaled and not activations:
         return []
     return [Scalars(every_n_steps=w.sizes.scalars), Histograms(every_n_steps=w.sizes.interval, activations=activations)]

@@ -167,7 +167,8 @@ class Capturer:
 
         def look(module: nn.Module, args: Any) -> None:
             probe["seen"] = True
-            probe["compiling"] = probe["compiling"] or torch.compiler.is_compiling()
+            if torch.compiler.is_compiling():  # written, never read: a read would be guarded on and recompile
+                probe["compiling"] = True
 
         self._register([r for _, r in self._requests])
         self._probes = [m.register_forward_pre_hook(look) for m in {self._model, *self._modules.values()}]

@@ -3,6 +3,7 @@ evaluation data is sharded without ``DistributedSampler``'s padding, so gathered
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,19 @@ def init_process_group(device: torch.device) -> bool:
         return False
     torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return True
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[tuple[int, int] | None]:
+    """``torch.distributed`` initialised for the block as :func:`init_process_group` does (and destroyed after,
+    if this initialised it); yields ``(rank, world_size)`` when several processes take part, else ``None``."""
+    owns_group = init_process_group(device)
+    try:
+        dist = torch.distributed
+        yield (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() and dist.get_world_size() > 1 else None
+    finally:
+        if owns_group:
+            torch.distributed.destroy_process_group()
 
 
 def is_fsdp(model: torch.nn.Module) -> bool:

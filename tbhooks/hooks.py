@@ -70,7 +70,7 @@ class Hooks:
         check_output_option(output)
         names = check_class_names(class_names)
         self.strict = env_flag("TBHOOKS_STRICT") if strict is None else bool(strict)
-        pm, sources = make_plugin_manager(plugins=plugins, disable=disable, autoload=autoload)
+        pm, _ = make_plugin_manager(plugins=plugins, disable=disable, autoload=autoload)
         rank, world_size = distributed_rank()
         # Only the writing rank touches the file system: other ranks never create directories.
         path = check_logdir(logdir) if rank == 0 else Path(logdir)
@@ -81,9 +81,7 @@ class Hooks:
         self.epoch = self._next_epoch = start_epoch
         self._epoch_first_step = start_step  # the step before this epoch's first batch
         self.last_metrics: dict[str, float] = {}
-        self._host = PluginHost(
-            pm, sources, strict=self.strict, measure=measure_overhead, trace=env_flag("TBHOOKS_TRACE")
-        )
+        self._host = PluginHost(pm, strict=self.strict, measure=measure_overhead, trace=env_flag("TBHOOKS_TRACE"))
         self._background = Background()
         self._renderer: Renderer | None = None
         self.run = Run(
@@ -271,6 +269,7 @@ class Hooks:
         if self._closed:
             return
         try:
+            self.drain()  # plugins end with their background work done (e.g. to warn about what it found)
             self._host.hook.on_fit_end(run=self.run, step=self.step, epoch=self.epoch, metrics=self.last_metrics)
         finally:
             self.close()
@@ -281,6 +280,7 @@ class Hooks:
             return
         try:
             self._capturer.close()
+            self.drain()
             self._host.hook.on_exception(run=self.run, step=self.step, epoch=self.epoch, exception=exc)
         finally:
             self.close()

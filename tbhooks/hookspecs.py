@@ -4,7 +4,7 @@ Each spec names an event, the keyword arguments it is raised with, and what a re
 A plugin implements an event with a same-named function or method marked ``@tbhooks.hookimpl``, taking any
 subset of the arguments in any order; give it no parameter defaults (pluggy passes only those without).
 
-Events fire in this order (the README's "Lifecycle" table; ``tests/test_lifecycle.py`` checks it)::
+Events fire in this order (as the README's "Events" lists them; ``tests/test_lifecycle.py`` checks it)::
 
     on_fit_start
     on_capture_request
@@ -176,7 +176,8 @@ def on_eval(
 
 @hookspec
 def on_fit_end(run: Run, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
-    """Fires once when a fit completes or stops early (``run.request_stop``), before the writer closes.
+    """Fires once when a fit completes or stops early (``run.request_stop``), after the run's background work
+    (``run.submit``) has finished and before the writer closes.
 
     Not when the fit raises (:func:`on_exception` fires instead).
 
@@ -192,7 +193,8 @@ def on_fit_end(run: Run, step: int, epoch: int, metrics: Mapping[str, float]) ->
 def on_exception(run: Run, step: int, epoch: int, exception: BaseException) -> None:
     """Fires once when the fit raises (an error, ``KeyboardInterrupt``, or SIGTERM as :class:`tbhooks.Terminated`).
 
-    Then the writer is flushed and closed, module hooks removed, and the exception re-raised.
+    It fires after the run's background work has finished; then the writer is flushed and closed, module
+    hooks removed, and the exception re-raised.
 
     :param step: the last global step reached.
     :param exception: the exception that ends the run.

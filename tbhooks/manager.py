@@ -86,6 +86,19 @@ def _check_plugin_objects(plugins: list[object]) -> None:
             raise TypeError(
                 f"plugins got the class {plugin.__name__}; pass an instance, for example {plugin.__name__}()"
             )
+        _check_hashable(plugin, "plugins got")
+
+
+def _check_hashable(plugin: object, where: str) -> None:
+    """pluggy keeps plugins in sets (a schedule calls a subset of them), so a plugin must be hashable."""
+    try:
+        hash(plugin)
+    except TypeError:
+        name = type(plugin).__name__
+        raise TypeError(
+            f"{where} an unhashable {name} object; give {name} identity hashing "
+            f"(a dataclass: @dataclass(eq=False)), as pluggy keeps plugins in sets"
+        ) from None
 
 
 def _load_entry_point(ep: Any) -> object:
@@ -96,7 +109,9 @@ def _load_entry_point(ep: Any) -> object:
             f"an instance, or a function that returns a new instance (pluggy registers what it loads)"
         )
     # A factory is called once per run, so two runs in one process never share plugin state.
-    return loaded() if inspect.isfunction(loaded) else loaded
+    plugin = loaded() if inspect.isfunction(loaded) else loaded
+    _check_hashable(plugin, f"entry point {ep.name!r} = {ep.value!r} gave")
+    return plugin
 
 
 def make_plugin_manager(
@@ -210,12 +225,9 @@ class PluginHost:
     is caught; with ``measure`` the guard adds each plugin's time to :attr:`overhead`.
     """
 
-    def __init__(
-        self, pm: pluggy.PluginManager, sources: dict[str, PluginSource], *, strict: bool, measure: bool, trace: bool
-    ) -> None:
+    def __init__(self, pm: pluggy.PluginManager, *, strict: bool, measure: bool, trace: bool) -> None:
         self.pm = pm
         self.hook = pm.hook
-        self.sources = sources
         self.strict = strict
         self.measure = measure
         self.faults: dict[str, Fault] = {}

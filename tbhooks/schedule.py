@@ -23,6 +23,7 @@ class Schedule:
         self._checks: list[tuple[object, Callable[[int], bool]]] = []
         self._count = 0
         self._callers: dict[tuple[int, ...], Any] = {}
+        self._asked: tuple[int, list[object]] = (-1, [])
         self.faults = 0
         """How many plugin faults the schedule has seen (a faulty plugin is unregistered: look again)."""
         self.refresh()
@@ -37,11 +38,15 @@ class Schedule:
                 self._checks.append((impl.plugin, due))
         self._count = len(impls)
         self._callers.clear()
+        self._asked = (-1, [])
         if faults is not None:
             self.faults = faults
 
     def _skipped(self, step: int) -> list[object]:
-        return [plugin for plugin, due in self._checks if not due(step)]
+        """The plugins not due at ``step``, asked once per step (a host may call :meth:`due` first)."""
+        if self._asked[0] != step:
+            self._asked = (step, [plugin for plugin, due in self._checks if not due(step)])
+        return self._asked[1]
 
     def due(self, step: int) -> bool:
         """Whether some plugin is due at ``step``."""
@@ -57,9 +62,5 @@ class Schedule:
         key = tuple(map(id, skipped))
         caller = self._callers.get(key)
         if caller is None:
-            try:
-                caller = self._pm.subset_hook_caller(HOOK, skipped)
-            except TypeError:  # an unhashable plugin object: call everyone, each checks its own step
-                caller = self._pm.hook.on_batch_end
-            self._callers[key] = caller
+            caller = self._callers[key] = self._pm.subset_hook_caller(HOOK, skipped)
         return caller

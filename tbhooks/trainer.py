@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -104,7 +106,11 @@ class Trainer:
             raise TypeError(f"progress expects True, False or None, got {type(progress).__name__}")
         self.device = distributed.resolve_device(device)
         self.precision = check_precision(precision, self.device)
-        self._dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(self.precision)
+        dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(self.precision)
+        # At 32 bits no autocast context at all: entering a disabled one still costs time on every step.
+        self._autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
+            contextlib.nullcontext if dtype is None else functools.partial(torch.autocast, self.device.type, dtype)
+        )
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "16" else None
         self.model = model.to(self.device)
         self.optimizer = optimizer
@@ -134,13 +140,17 @@ class Trainer:
         """Called with each run's :class:`Hooks` before any event fires (``HookRecorder.install`` uses it)."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer, global step and the next epoch, for ``load_state_dict``."""
-        return {
+        """Model, optimizer, global step, the next epoch and (at precision ``"16"``) the ``GradScaler``'s state,
+        for ``load_state_dict``."""
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a ``state_dict()``; the next fit continues from it, writing with ``purge_step``."""
@@ -151,6 +161,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
+        if self.scaler is not None and "scaler" in state:  # a state saved at 32 bits has none
+            self.scaler.load_state_dict(state["scaler"])
 
     def _hparams(self, train_loader: Any, epochs: int) -> dict[str, Any]:
         group = self.optimizer.param_groups[0]
@@ -195,18 +207,16 @@ class Trainer:
         for name, loader in (("train_loader", train_loader), ("eval_loader", eval_loader)):
             if loader is not None and not hasattr(loader, "__iter__"):
                 raise TypeError(f"{name} expects an iterable of (inputs, targets) batches, got {type(loader).__name__}")
-        owns_group = distributed.init_process_group(self.device)
-        try:
+        with distributed.process_group(self.device) as ranks:
             model: nn.Module = self.model
             sampler = None
-            if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-                rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            if ranks is not None:
                 if not distributed.is_fsdp(self.model):
                     device_ids = [self.device.index] if self.device.type == "cuda" else None
                     model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-                train_loader, sampler = distributed.shard_train(train_loader, rank, world_size)
+                train_loader, sampler = distributed.shard_train(train_loader, *ranks)
                 if eval_loader is not None:
-                    eval_loader = distributed.shard_eval(eval_loader, rank, world_size)
+                    eval_loader = distributed.shard_eval(eval_loader, *ranks)
             with self._attach(self._hparams(train_loader, epochs), epochs) as hooks:
                 for _ in range(epochs):
                     if sampler is not None:
@@ -217,9 +227,6 @@ class Trainer:
                     if hooks.should_stop:
                         break
             return hooks.last_metrics
-        finally:
-            if owns_group:
-                torch.distributed.destroy_process_group()
 
     def _batches(self, loader: Iterable[Any], hooks: Hooks) -> Iterable[Any]:
         if self.progress is False or not hooks.run.is_writer:
@@ -241,19 +248,17 @@ class Trainer:
                 hooks.batch_start()
                 # Gradients freed before the forward pass allocates activations: a lower memory peak.
                 self.optimizer.zero_grad(set_to_none=True)
-                if self._dtype is None:
+                with self._autocast():
                     outputs = call_model(model, inputs)
                     loss = self.loss_fn(select_output(outputs, self.output), targets)
-                else:
-                    with torch.autocast(self.device.type, dtype=self._dtype):
-                        outputs = call_model(model, inputs)
-                        loss = self.loss_fn(select_output(outputs, self.output), targets)
                 if self.scaler is None:
                     loss.backward()
                     self.optimizer.step()
                 else:
                     self.scaler.scale(loss).backward()
-                    if hooks.due():  # plugins read p.grad: unscaled, on the steps they log only
+                    # Plugins read p.grad after the step.  A fused optimizer's step unscales it only when the step
+                    # is taken, not when gradients overflowed: unscale first, on the steps plugins log only.
+                    if hooks.due():
                         self.scaler.unscale_(self.optimizer)
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
@@ -276,7 +281,7 @@ class Trainer:
                 for batch in loader:
                     inputs, targets = split_batch(batch)
                     inputs, targets = move_to(inputs, self.device), move_to(targets, self.device)
-                    with torch.autocast(self.device.type, dtype=self._dtype, enabled=self._dtype is not None):
+                    with self._autocast():
                         outputs = call_model(model, inputs)
                         loss = self.loss_fn(select_output(outputs, self.output), targets)
                     hooks.eval_batch(inputs, targets, outputs, loss)
@@ -289,13 +294,8 @@ class Trainer:
         Outside ``fit`` this is a run of its own (``on_fit_start``, evaluation events, ``on_fit_end``)."""
         if not hasattr(loader, "__iter__"):
             raise TypeError(f"loader expects an iterable of (inputs, targets) batches, got {type(loader).__name__}")
-        owns_group = distributed.init_process_group(self.device)
-        try:
-            dist = torch.distributed
-            if dist.is_initialized() and dist.get_world_size() > 1:
-                loader = distributed.shard_eval(loader, dist.get_rank(), dist.get_world_size())
+        with distributed.process_group(self.device) as ranks:
+            if ranks is not None:
+                loader = distributed.shard_eval(loader, *ranks)
             with self._attach(None, None) as hooks:
                 return self._evaluate(self.model, loader, hooks)
-        finally:
-            if owns_group:
-                torch.distributed.destroy_process_group()

@@ -58,9 +58,10 @@ class Truth:
 
 
 def data(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` random samples in batches of BATCH, each labelled by the argmax of its first three features."""
     generator = torch.Generator().manual_seed(seed)
     inputs = torch.randn(n, 8, generator=generator)
-    return list(zip(inputs.split(4), inputs[:, :3].argmax(1).split(4), strict=True))
+    return list(zip(inputs.split(BATCH), inputs[:, :3].argmax(1).split(BATCH), strict=True))
 
 
 def main() -> None:

@@ -170,3 +170,5 @@ def test_trainer_arguments_are_checked(tmp_path):
         tbhooks.attach(model, logdir=tmp_path, flush_secs=0)
     with pytest.raises(TypeError, match="output expects a dict key"):
         tbhooks.attach(model, logdir=tmp_path, output=1.5)
+    with pytest.raises(TypeError, match=r"output expects a dict key \(str\), a tuple index \(int\).*got bool"):
+        tbhooks.attach(model, logdir=tmp_path, output=True)  # bool is an int: it would pick output 1 unnoticed

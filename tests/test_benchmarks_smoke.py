@@ -36,10 +36,12 @@ def _table(text: str, first_header: str) -> list[list[str]]:
     return rows
 
 
-def _check_workload(section: str, name: str) -> None:
-    """Every row of the workload's table agrees with the runs listed under it."""
+def _check_workload(section: str, name: str, skipped: dict[str, str]) -> None:
+    """Every row of the workload's table agrees with the runs listed under it; a row that could not run here
+    (``skipped``: its peer framework is not installed) reads "skipped" with the reason, and has no runs."""
     main = _table(section, "row")
     assert [r[0] for r in main] == [row.name for row in bench.ROWS]
+    ran = [row for row in bench.ROWS if row.name not in skipped]
     runs: dict[str, list[tuple[float, float]]] = {}
     once: dict[str, list[float]] = {}
     steps = set()
@@ -56,7 +58,7 @@ def _check_workload(section: str, name: str) -> None:
     assert shown == pytest.approx(excess * 1e6, abs=0.5)  # seconds are shown to the microsecond
 
     by_name = {row.name: row for row in bench.ROWS}
-    run_of = {row.name: next(r.name for r in bench.ROWS if r.fn is row.fn) for row in bench.ROWS}
+    run_of = {row.name: next(r.name for r in ran if r.fn is row.fn) for row in ran}
     assert set(runs) == set(run_of.values())
 
     def to_bare(row: str, cost: float) -> list[float]:
@@ -65,6 +67,10 @@ def _check_workload(section: str, name: str) -> None:
     for title, base, measured, median, spread, one_time, target, verdict in main:
         row = by_name[title]
         assert base == row.base
+        if title in skipped:
+            assert (measured, verdict) == ("skipped", skipped[title]), title
+            assert {median, spread, one_time, target} == {"—"}, title
+            continue
         if base == bench.CONTROL:  # the run's one-time seconds, the median of its repetitions
             assert float(one_time) == pytest.approx(statistics.median(once[run_of[title]]), abs=5e-3), title
         raw, corrected = to_bare(title, 0.0), to_bare(title, excess)
@@ -98,6 +104,9 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = out.read_text()
     assert "--quick run" in text
+    skipped = bench.skipped_rows(bench.ROWS)  # the peers not installed here: the run reports their rows skipped
+    for row, why in skipped.items():
+        assert f"note: skipping {row}: {why}" in done.stdout
     for heading in ("## Machine", "## Method", "## Sizes", "## Rows"):
         assert f"\n{heading}\n" in text
     assert re.search(r"^- torch: \d", text, re.M)
@@ -108,7 +117,7 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
         section = text.split(f"\n## {name}: ", 1)[1].split("\n## ", 1)[0]
         steady = f"(the steady state: steps {quick.skip + 1} to {quick.steps}), {quick.reps} repetitions"
         assert section.count(f"{quick.steps} steps per run {steady}")
-        _check_workload(section, name)
+        _check_workload(section, name, skipped)
         # The command prints each workload's table as it goes.
         assert section.split("\n\n")[2] in done.stdout
     # The summary (what the README quotes): each workload's median, range and verdict of every row.
@@ -119,7 +128,8 @@ def test_quick_run_writes_a_consistent_table(tmp_path: Path) -> None:
         for line, (title, _, _, median, spread, _, target, verdict) in zip(
             summary, _table(section, "row"), strict=True
         ):
-            assert line[1 + index] == f"{median} ({spread})", (name, title)
+            expected = "skipped" if title in skipped else f"{median} ({spread})"
+            assert line[1 + index] == expected, (name, title)
             assert (f"{name} {target}: {verdict}" in line[-1]) == (target != "—"), (name, title)
     # The tbhooks rows load the installed plugins' entry points (autoload on, as make installs them).
     registered = re.search(r"^- plugins the tbhooks default row registered: (.*)$", text, re.M).group(1).split(", ")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _support import classification_data, hook_counts, loader, mlp
+from _support import QUIET, classification_data, hook_counts, loader, mlp
 from torch import nn
 
 import tbhooks
 from tbhooks import Capture
-
-QUIET = ["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"]
 
 
 class Wants:

@@ -226,6 +226,28 @@ def test_the_trainer_compiles_in_place(tmp_path):
     assert 1 <= backend.graphs <= 3  # training, eval mode, and the capturing variant
 
 
+def test_a_second_fit_on_the_compiled_model_compiles_nothing_more(tmp_path):
+    # The hooks' guarded state is the same in each run: a later fit reuses the graphs of the first.
+    backend = Counting()
+    torch.manual_seed(0)
+    model = Net()
+    trainer = tbhooks.Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.functional.cross_entropy,
+        logdir=tmp_path,
+        compile={"backend": backend},
+        plugins=[Histograms(every_n_steps=2, activations=["fc1"])],
+        disable=OTHERS,
+        autoload=False,
+    )
+    trainer.fit(batches(4), epochs=1, eval_loader=batches(2))
+    first = backend.graphs
+    trainer.fit(batches(4), epochs=1, eval_loader=batches(2))
+    assert backend.graphs == first
+    assert [h.step for h in read_events(tmp_path).histograms["activations/fc1"]] == [2, 4, 6, 8]
+
+
 def test_compile_without_torch_compile_is_a_clear_error(monkeypatch):
     monkeypatch.delattr(torch, "compile")
     model = Net()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _support import classification_data, loader, mlp
+from _support import QUIET, classification_data, loader, mlp
 from torch import nn
 
 import tbhooks
 from tbhooks.default_plugins.scalars import Scalars
 from tbhooks.testing import read_events
 
-QUIET = ["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"]
 EVERY = 3
 """The scalars interval: several train/loss points in these short epochs (the default, 50, would give none)."""
 

@@ -6,39 +6,12 @@ import logging
 
 import pytest
 import torch
-from _support import classification_data, loader, mlp
+from _support import QUIET, Faulty, classification_data, loader, mlp
 from torch import nn
 
 import tbhooks
 from tbhooks import PluginFaultWarning
 from tbhooks.testing import read_events
-
-QUIET = ["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"]
-
-
-class Faulty:
-    name = "faulty"
-
-    def __init__(self, hook: str, after: int = 0) -> None:
-        self.hook, self.after, self.calls = hook, after, 0
-
-    def _maybe_fail(self, hook: str) -> None:
-        if hook == self.hook:
-            self.calls += 1
-            if self.calls > self.after:
-                raise ZeroDivisionError(f"faulty plugin broke in {hook}")
-
-    @tbhooks.hookimpl
-    def on_batch_end(self):
-        self._maybe_fail("on_batch_end")
-
-    @tbhooks.hookimpl
-    def on_eval(self):
-        self._maybe_fail("on_eval")
-
-    @tbhooks.hookimpl
-    def on_epoch_end(self):
-        self._maybe_fail("on_epoch_end")
 
 
 class Background:

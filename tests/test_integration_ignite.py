@@ -12,10 +12,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from _support import classification_data, hook_counts, loader, mlp
+from _support import (
+    QUIET,
+    READ_BACKS,
+    Calls,
+    EveryStep,
+    Faulty,
+    StopAt,
+    classification_data,
+    hook_counts,
+    loader,
+    mlp,
+)
 from conftest import figures_installed, plugin_installed
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
 import tbhooks
@@ -31,7 +41,6 @@ from tbhooks.integrations import ignite as ignite_adapter
 from tbhooks.integrations.ignite import attach
 
 DOC = Path(__file__).parents[1] / "docs" / "integrations-ignite.md"
-QUIET = ["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"]
 EVERY = 2
 """The scalars interval: several train/loss points in these short epochs."""
 STEPS = 7
@@ -94,16 +103,6 @@ def run(trainer, epochs=2):
 
 
 # -- same pictures everywhere --------------------------------------------------
-
-
-class EveryStep:
-    """Without ``batch_end_due``: on_batch_end is raised on every step."""
-
-    name = "every_step"
-
-    @tbhooks.hookimpl
-    def on_batch_end(self):
-        pass
 
 
 def same_plugins():
@@ -170,21 +169,8 @@ def test_an_evaluation_at_completed_is_logged_before_the_run_closes(tmp_path):
 # -- faults, interrupts, exceptions --------------------------------------------
 
 
-class Faulty:
-    name = "faulty"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    @tbhooks.hookimpl
-    def on_batch_end(self):
-        self.calls += 1
-        if self.calls == 3:
-            raise ZeroDivisionError("faulty plugin broke")
-
-
 def test_a_faulty_plugin_is_isolated_and_the_fit_completes(tmp_path):
-    faulty = Faulty()
+    faulty = Faulty("on_batch_end", after=2)  # raises on its third call
     hooks, trainer, _ = ignite_fit(tmp_path, plugins=[faulty, Scalars(every_n_steps=EVERY)])
     with pytest.warns(PluginFaultWarning) as caught:
         run(trainer)
@@ -280,7 +266,9 @@ def test_disable_class_names_and_entry_points_work_as_in_attach(tmp_path):
     assert events.scalars == {}, "scalars is disabled"
     assert sorted(events.pr_curves) == sorted(f"pr_curves/{name}" for name in names)
     assert [step for step, _ in events.pr_curves["pr_curves/cat"]] == [STEPS, 2 * STEPS]
-    sampled = 2 * STEPS // 100  # Example(every_n_steps=100): none of these 14 steps
+    from tbhooks_example import Example
+
+    sampled = 2 * STEPS // Example().every_n_steps  # on_batch_end is raised on its declared steps only
     expected = f"{2 * STEPS} steps, {sampled} sampled, 2 epochs, 2 evaluations"
     assert events.texts["example/summary/text_summary"] == [expected]
     if figures_installed():
@@ -293,17 +281,8 @@ def test_disable_class_names_and_entry_points_work_as_in_attach(tmp_path):
 # -- stopping, running again ----------------------------------------------------
 
 
-class StopAt:
-    name = "stop_at"
-
-    @tbhooks.hookimpl
-    def on_batch_end(self, run, step):
-        if step == 3:
-            run.request_stop("enough")
-
-
 def test_a_stop_request_terminates_and_a_second_run_needs_a_new_attach(tmp_path):
-    hooks, trainer, model = ignite_fit(tmp_path / "first", plugins=[StopAt(), Scalars(every_n_steps=1)])
+    hooks, trainer, model = ignite_fit(tmp_path / "first", plugins=[StopAt(3), Scalars(every_n_steps=1)])
     recorder = HookRecorder(hooks)
     run(trainer)
     assert trainer.state.iteration == 3 and hooks.step == 3
@@ -325,21 +304,6 @@ def test_a_stop_request_terminates_and_a_second_run_needs_a_new_attach(tmp_path)
 
 
 # -- no device sync, unreadable outputs ------------------------------------------
-
-READ_BACKS = {"item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__"}
-"""Tensor methods that read a value back to the host (a device sync off the CPU)."""
-
-
-class Calls(TorchFunctionMode):
-    """Records the name of every torch function called while it is active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.names.append(getattr(func, "__name__", str(func)))
-        return func(*args, **(kwargs or {}))
 
 
 def test_the_per_iteration_handlers_read_nothing_back_on_steps_no_plugin_is_due(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _support import classification_data, hook_counts, loader, mlp
+from _support import QUIET, Faulty, classification_data, hook_counts, loader, mlp
 from conftest import plugin_installed
 from torch import nn
 
@@ -35,7 +35,6 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
-QUIET = ["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"]
 EVERY = 3
 TRAIN, EVAL = 56, 20
 """Training and evaluation samples: 7 training batches of 8 an epoch, 4 evaluation batches of 6."""
@@ -286,21 +285,8 @@ def test_resume_from_a_checkpoint_continues_the_step(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-class Faulty:
-    name = "faulty"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    @tbhooks.hookimpl
-    def on_batch_end(self):
-        self.calls += 1
-        if self.calls > 1:
-            raise ZeroDivisionError("faulty plugin broke")
-
-
 def test_a_faulty_plugin_is_isolated_and_the_fit_completes(tmp_path):
-    faulty = Faulty()
+    faulty = Faulty("on_batch_end", after=1)  # raises from its second call on
     callback = scalars_callback(tmp_path, faulty)
     with pytest.warns(PluginFaultWarning, match="plugin 'faulty' raised in on_batch_end") as caught:
         trainer = lightning_fit(Classifier(), callback)
@@ -334,12 +320,16 @@ def test_keyboard_interrupt_flushes_and_closes(tmp_path):
 
 @pytest.mark.skipif(not plugin_installed("example"), reason="tbhooks-example is not installed")
 def test_disable_class_names_and_autoload_work_as_in_attach(tmp_path):
+    from tbhooks_example import Example
+
     skip = [name for name in ("figures",) if plugin_installed(name)]  # a render worker: slow, and not the point
     options = {"disable": ["graph", "histograms", "embeddings", "images", *skip], "class_names": ["x", "y", "z"]}
     lightning_fit(Classifier(), TbhooksCallback(logdir=tmp_path / "auto", **options))
     lightning_fit(Classifier(), TbhooksCallback(logdir=tmp_path / "off", autoload=False, **options), epochs=1)
     auto, off = read_events(tmp_path / "auto"), read_events(tmp_path / "off")
-    assert auto.texts["example/summary/text_summary"] == ["14 steps, 0 sampled, 2 epochs, 2 evaluations"]
+    sampled = 14 // Example().every_n_steps  # 14 steps; on_batch_end is raised on its declared steps only
+    expected = f"14 steps, {sampled} sampled, 2 epochs, 2 evaluations"
+    assert auto.texts["example/summary/text_summary"] == [expected]
     assert not any(tag.startswith("example/") for tag in off.texts)
     assert sorted(auto.pr_curves) == ["pr_curves/x", "pr_curves/y", "pr_curves/z"]
     assert not auto.histograms and not auto.graph and "train/epoch_loss" in auto.scalars

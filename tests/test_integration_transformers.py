@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from _support import hook_counts
+from _support import QUIET, StopAt, hook_counts
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -37,7 +37,6 @@ from tbhooks.integrations.transformers import TbhooksCallback
 GRAPH_TRACE = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 ROOT = Path(__file__).resolve().parent.parent
-QUIET = ["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"]
 CLASSES, LENGTH = 3, 16
 TRAIN, EVAL, BATCH, EVAL_BATCH = 64, 48, 8, 16
 """8 training steps an epoch; 3 evaluation batches of 16 (all full: HF's eval_loss weighs each as full)."""
@@ -308,17 +307,8 @@ def test_keyboard_interrupt_flushes_and_closes_the_writer(tmp_path):
     assert not any(any(counts) for counts in hook_counts(trainer.model))
 
 
-class Stops:
-    name = "stops"
-
-    @tbhooks.hookimpl
-    def on_batch_end(self, run, step) -> None:
-        if step == 3:
-            run.request_stop("enough")
-
-
 def test_a_stop_request_ends_training_and_the_run_ends_as_a_fit_does(tmp_path):
-    callback, events = quiet(tmp_path, Stops()), HookRecorder()
+    callback, events = quiet(tmp_path, StopAt(3)), HookRecorder()
     callback.on_attach.append(events.watch)
     trainer = hf_trainer(tmp_path, [callback], max_steps=8)
     with callback:
@@ -345,6 +335,8 @@ def test_a_run_left_open_by_an_error_is_closed_by_the_next_train(tmp_path):
 
 @GRAPH_TRACE
 def test_disable_class_names_and_entry_points_work_as_in_attach(tmp_path, main_run):
+    from tbhooks_example import Example
+
     names = ["neg", "neu", "pos"]
     callback = TbhooksCallback(logdir=tmp_path, disable=["graph", "embeddings", "hparams"], class_names=names)
     trainer = hf_trainer(tmp_path, [callback], max_steps=6, eval_strategy="steps", eval_steps=6)
@@ -353,7 +345,8 @@ def test_disable_class_names_and_entry_points_work_as_in_attach(tmp_path, main_r
     events = read_events(tmp_path)
     assert sorted(events.pr_curves) == ["pr_curves/neg", "pr_curves/neu", "pr_curves/pos"]
     assert not events.graph and not (tmp_path / "projector_config.pbtxt").exists()
-    assert events.texts["example/summary/text_summary"] == ["6 steps, 0 sampled, 1 epochs, 1 evaluations"]
+    sampled = 6 // Example().every_n_steps  # 6 steps; on_batch_end is raised on its declared steps only
+    assert events.texts["example/summary/text_summary"] == [f"6 steps, {sampled} sampled, 1 epochs, 1 evaluations"]
     assert list(events.images) == ["figures/confusion_matrix"]  # the predictions figure wants images
     assert not any(tag.startswith(("example/", "figures/")) for tag in [*main_run.read.texts, *main_run.read.images])
 

@@ -6,14 +6,12 @@ import re
 
 import pytest
 import torch
-from _support import classification_data, loader, mlp
+from _support import QUIET, EveryStep, classification_data, loader, mlp
 from torch import nn
 
 import tbhooks
 from tbhooks import hookspecs
 from tbhooks.testing import HookRecorder
-
-QUIET = ["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"]
 
 
 def documented() -> list[str]:
@@ -34,16 +32,6 @@ def expected(epochs: int, with_eval: bool, end: str = "on_fit_end") -> list[str]
     if not with_eval:
         body = body[: body.index("on_eval_start")]
     return start + body * epochs + [end]
-
-
-class EveryStep:
-    """Implements on_batch_end without ``batch_end_due``: the core raises the event on every step."""
-
-    name = "every_step"
-
-    @tbhooks.hookimpl
-    def on_batch_end(self):
-        pass
 
 
 def make_trainer(tmp_path, loss_fn=nn.functional.cross_entropy):

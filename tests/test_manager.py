@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from importlib.metadata import distribution
 
@@ -107,6 +108,39 @@ def test_plugin_objects_are_checked(tmp_path):
     probe = Scalars()
     with pytest.raises(ValueError, match="'scalars' is registered twice"):
         make_plugin_manager(plugins=[probe, probe], autoload=False)
+
+
+@dataclasses.dataclass
+class Counted:  # a dataclass compares by value, so it is unhashable unless eq=False
+    every: int = 2
+
+    def batch_end_due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    @tbhooks.hookimpl
+    def on_batch_end(self) -> None:
+        pass
+
+
+@dataclasses.dataclass(eq=False)  # the remedy the error names
+class Remedied:
+    every: int = 2
+
+    def batch_end_due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    @tbhooks.hookimpl
+    def on_batch_end(self) -> None:
+        pass
+
+
+def test_an_unhashable_plugin_is_refused_naming_the_remedy():
+    # pluggy calls a subset of the plugins on a step some are not due: it keeps them in a set.
+    with pytest.raises(TypeError, match=r"plugins got an unhashable Counted object; .*@dataclass\(eq=False\)"):
+        make_plugin_manager(plugins=[Counted()], autoload=False)
+    pm, _ = make_plugin_manager(plugins=[Remedied()], autoload=False)
+    scalars = pm.get_plugin("scalars")
+    assert Remedied in {type(i.plugin) for i in pm.subset_hook_caller("on_batch_end", [scalars]).get_hookimpls()}
 
 
 def test_a_user_instance_replaces_the_builtin_of_the_same_name():

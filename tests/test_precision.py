@@ -55,13 +55,24 @@ class Seen:
 
 
 def test_with_a_grad_scaler_plugins_see_unscaled_gradients_and_loss(tmp_path):
+    # A fused optimizer unscales p.grad in its own step only when it takes the step: on a step whose gradients
+    # overflowed (step 2 here, made to by a parameter outside the model) p.grad is left scaled, unless the
+    # Trainer unscales it first for the plugins.
     torch.manual_seed(0)
     model = ConvNet()
     seen = Seen()
+    overflow = nn.Parameter(torch.zeros(1))
+    backward_calls = []
+
+    def overflowing_on_step_2(grad: torch.Tensor) -> torch.Tensor:
+        backward_calls.append(1)
+        return torch.full_like(grad, float("inf")) if len(backward_calls) == 2 else grad
+
+    overflow.register_hook(overflowing_on_step_2)
     trainer = tbhooks.Trainer(
         model,
-        torch.optim.SGD(model.parameters(), lr=0.05),
-        nn.functional.cross_entropy,
+        torch.optim.Adam([*model.parameters(), overflow], lr=0.05, fused=True),
+        lambda prediction, targets: nn.functional.cross_entropy(prediction, targets) + 0 * overflow.sum(),
         logdir=tmp_path,
         device="cpu",
         precision="16",
@@ -85,6 +96,8 @@ def test_with_a_grad_scaler_plugins_see_unscaled_gradients_and_loss(tmp_path):
 
     data = image_batches(4)
     trainer.fit(recording(data), epochs=1)
+    assert trainer.scaler.get_scale() == 32768.0  # step 2 overflowed and was skipped
+    assert all(torch.equal(states[1][k], states[2][k]) for k in states[1]) and len(backward_calls) == 4
 
     events = read_events(tmp_path)
     for name in expected:
@@ -122,7 +135,7 @@ def test_bfloat16_tensors_reach_every_plugin_and_are_handled(tmp_path):
         plugins=[seen, Histograms(every_n_steps=2, activations="all"), Scalars(every_n_steps=2), Embeddings()],
         autoload=False,
     )
-    trainer.fit(image_batches(4), epochs=1, eval_loader=image_batches(2, seed=1))
+    metrics = trainer.fit(image_batches(4), epochs=1, eval_loader=image_batches(2, seed=1))
     assert seen.dtypes == {torch.bfloat16}
     assert trainer.hooks.faults == {}
     events = read_events(tmp_path)
@@ -132,6 +145,10 @@ def test_bfloat16_tensors_reach_every_plugin_and_are_handled(tmp_path):
     assert events.images["images/inputs"] and events.graph
     assert (tmp_path / "projector_config.pbtxt").is_file()
     assert events.values("eval/accuracy")[0] >= 0
+    # The logged accuracy is the returned one, and that of the trained model on the evaluation batches.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        right = sum(int((model(x).argmax(1) == y).sum()) for x, y in image_batches(2, seed=1))
+    assert events.values("eval/accuracy") == [pytest.approx(metrics["accuracy"])] == [pytest.approx(right / 16)]
 
 
 @pytest.mark.parametrize("precision", ["fp16", 16, "64", None])

@@ -5,14 +5,12 @@ from __future__ import annotations
 import copy
 
 import torch
-from _support import classification_data, loader, mlp
+from _support import QUIET, classification_data, loader, mlp
 from torch import nn
 
 import tbhooks
 from tbhooks.default_plugins.scalars import Scalars
 from tbhooks.testing import read_events
-
-QUIET = ["graph", "images", "embeddings", "pr_curves", "histograms", "hparams"]
 
 
 class LossProbe:
@@ -26,13 +24,14 @@ class LossProbe:
         self.losses[step] = float(loss)
 
 
-def make(logdir, *plugins):
+def make(logdir, *plugins, precision="32"):
     model = mlp()
     return tbhooks.Trainer(
         model,
         torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
         nn.functional.cross_entropy,
         logdir=logdir,
+        precision=precision,
         plugins=[Scalars(every_n_steps=2), *plugins],
         disable=QUIET,
         autoload=False,
@@ -76,3 +75,25 @@ def test_state_dict_restores_model_and_optimizer(tmp_path):
     for p, q in zip(first.model.parameters(), second.model.parameters(), strict=True):
         assert torch.equal(p, q)
     assert second.optimizer.state_dict()["state"].keys() == first.optimizer.state_dict()["state"].keys()
+
+
+def test_state_dict_restores_the_grad_scaler(tmp_path):
+    data = loader(classification_data(n=48))  # 6 steps an epoch
+    first = make(tmp_path / "a", precision="16")
+    first.fit(data, epochs=1)
+    first.scaler.update(1024.0)  # as after overflows: the resumed run must not restart at the initial 65536
+    checkpoint = first.state_dict()
+    assert checkpoint["scaler"]["scale"] == 1024.0
+
+    second = make(tmp_path / "b", precision="16")
+    second.load_state_dict(checkpoint)
+    assert second.scaler.get_scale() == 1024.0
+    assert second.scaler.state_dict() == first.scaler.state_dict()
+    second.fit(data, epochs=1)
+    assert second.scaler.get_scale() == 1024.0
+
+    # A state saved without a scaler (at 32 bits) leaves the initial scale; one saved with it loads at 32 bits.
+    third = make(tmp_path / "c", precision="16")
+    third.load_state_dict(make(tmp_path / "d").state_dict())
+    assert third.scaler.get_scale() == 65536.0
+    make(tmp_path / "e").load_state_dict(checkpoint)

@@ -159,7 +159,7 @@ class Graph:
         self._done = False
 
     def batch_end_due(self, step: int) -> bool:
-        """The core's fast path: only the first batch of a fit is needed."""
+        """Due on the first batch of a fit only."""
         return not self._done
 
     @hookimpl
@@ -168,8 +168,6 @@ class Graph:
 
     @hookimpl
     def on_batch_end(self, run: Run, step: int, inputs: Any) -> None:
-        if self._done:
-            return
         self._done = True
         if not run.is_writer:
             return

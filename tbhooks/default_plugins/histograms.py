@@ -241,9 +241,8 @@ class Histograms:
         self.activations = _check_activations(activations)
         self.bins = check_int("Histograms", "bins", bins, minimum=1)
         self._modules: tuple[str, ...] = ()
-        # Shared with the background thread: tasks not yet finished, and the steps found with NaN/inf values.
-        self._idle = threading.Condition()
-        self._pending = 0
+        # Shared with the background thread: the steps found with NaN/inf values.
+        self._lock = threading.Lock()
         self._flagged: list[tuple[int, list[str]]] = []
 
     def batch_end_due(self, step: int) -> bool:
@@ -271,7 +270,7 @@ class Histograms:
 
     @hookimpl
     def on_fit_start(self) -> None:
-        with self._idle:
+        with self._lock:
             self._flagged = []  # a plugin object may serve several runs: each gets its own warning
 
     @hookimpl
@@ -301,13 +300,7 @@ class Histograms:
             by_device.setdefault(row.device, []).append(index)
         stacked = [(indices, torch.stack([rows[i] for i in indices])) for indices in by_device.values()]
         streams = [torch.cuda.current_stream(t.device) if t.device.type == "cuda" else None for _, t in stacked]
-        with self._idle:
-            self._pending += 1
-        try:
-            run.submit(self._write, run, step, [tag for tag, _ in tagged], stacked, streams)
-        except BaseException:
-            self._task_done()
-            raise
+        run.submit(self._write, run, step, [tag for tag, _ in tagged], stacked, streams)
 
     def _write(
         self,
@@ -318,31 +311,23 @@ class Histograms:
         streams: list[torch.cuda.Stream | None],
     ) -> None:
         """On the background thread: read the rows back (the wait for the device happens here) and write."""
-        try:
-            table = np.zeros((len(tags), STATS + self.bins))
-            for (indices, rows), stream in zip(stacked, streams, strict=True):
-                if stream is not None:
-                    with torch.cuda.stream(stream):  # the copy waits for the kernels of its own stream
-                        table[indices] = rows.cpu().double().numpy()
-                else:
+        table = np.zeros((len(tags), STATS + self.bins))
+        for (indices, rows), stream in zip(stacked, streams, strict=True):
+            if stream is not None:
+                with torch.cuda.stream(stream):  # the copy waits for the kernels of its own stream
                     table[indices] = rows.cpu().double().numpy()
-            flagged = []
-            for tag, row in zip(tags, table.tolist(), strict=True):
-                hist = to_histogram(row, self.bins)
-                if hist.nonfinite:
-                    flagged.append(f"{tag} ({hist.nonfinite} of {hist.num + hist.nonfinite})")
-                if hist.num:
-                    write_histogram(run.writer, tag, hist, step)
-            if flagged:
-                with self._idle:
-                    self._flagged.append((step, flagged))
-        finally:
-            self._task_done()
-
-    def _task_done(self) -> None:
-        with self._idle:
-            self._pending -= 1
-            self._idle.notify_all()
+            else:
+                table[indices] = rows.cpu().double().numpy()
+        flagged = []
+        for tag, row in zip(tags, table.tolist(), strict=True):
+            hist = to_histogram(row, self.bins)
+            if hist.nonfinite:
+                flagged.append(f"{tag} ({hist.nonfinite} of {hist.num + hist.nonfinite})")
+            if hist.num:
+                write_histogram(run.writer, tag, hist, step)
+        if flagged:
+            with self._lock:
+                self._flagged.append((step, flagged))
 
     @hookimpl
     def on_epoch_end(self, run: Run) -> None:
@@ -350,18 +335,16 @@ class Histograms:
 
     @hookimpl
     def on_fit_end(self, run: Run) -> None:
-        self._warn_nonfinite(run, wait=True)
+        self._warn_nonfinite(run)  # the core has waited for the background work: every step is in
 
     @hookimpl
     def on_exception(self, run: Run) -> None:
-        self._warn_nonfinite(run, wait=True)
+        self._warn_nonfinite(run)
 
-    def _warn_nonfinite(self, run: Run, wait: bool = False) -> None:
-        """Warn once per run about the first step with NaN/inf values (at the end, after this plugin's tasks);
-        on the training thread, as a warning from the background thread would escape ``catch_warnings``."""
-        with self._idle:
-            if wait:
-                self._idle.wait_for(lambda: self._pending == 0)
+    def _warn_nonfinite(self, run: Run) -> None:
+        """Warn once per run about the first step with NaN/inf values, on the training thread (a warning
+        from the background thread would escape ``catch_warnings``)."""
+        with self._lock:
             found, self._flagged = self._flagged, []
         if found:
             step, flagged = found[0]

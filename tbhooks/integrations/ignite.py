@@ -52,8 +52,8 @@ def as_loss(value: Any) -> torch.Tensor | None:
 
 def read_train_output(output: Any) -> tuple[Batch, str | None]:
     """The batch in a training step's ``engine.state.output`` and, when it is not all there, what it is."""
-    if isinstance(output, (tuple, list)) and len(output) == 4 and as_loss(output[3]) is not None:
-        return (output[0], output[1], output[2], as_loss(output[3])), None
+    if isinstance(output, (tuple, list)) and len(output) == 4 and (loss := as_loss(output[3])) is not None:
+        return (output[0], output[1], output[2], loss), None
     loss = as_loss(output)
     return (None, None, None, loss), "a loss alone" if loss is not None else "unreadable"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import signal
 import sys
 import threading
@@ -21,10 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tbhooks.checks import check_class_names, check_output_option, check_run_options
+from tbhooks.checks import check_attach_options
 from tbhooks.errors import TbhooksWarning
 from tbhooks.hooks import Hooks
-from tbhooks.manager import make_plugin_manager
 from tbhooks.trainer import split_batch
 
 if TYPE_CHECKING:
@@ -47,33 +45,17 @@ def import_lightning() -> ModuleType:
 
 pl = import_lightning()
 
-FROM_TRAINER = ("model", "start_step", "start_epoch", "epochs")
-"""``attach`` options the callback takes from the Lightning ``Trainer`` itself."""
+FROM_TRAINER = {
+    name: f"TbhooksCallback sets {name} from the Lightning Trainer and LightningModule; "
+    "resume with trainer.fit(..., ckpt_path=...) instead"
+    for name in ("model", "start_step", "start_epoch", "epochs")
+}
+"""``attach`` options the callback takes from the Lightning ``Trainer`` itself -> the error refusing each."""
 WRONG_KIND = (
     "TbhooksCallback got {got}, not a {pl}.Trainer and LightningModule: pass it to that Trainer, "
     "Trainer(callbacks=[TbhooksCallback(...)]) (with both Lightning packages installed, import the one you train "
     "with before tbhooks.integrations.lightning); nothing is logged"
 )
-OPTIONS = tuple(name for name in inspect.signature(Hooks.__init__).parameters if name not in ("self", "logdir"))
-
-
-def check_options(logdir: object, options: Mapping[str, Any]) -> None:
-    """Check ``attach``'s options before any fit, as ``attach`` would: a clear error naming the option."""
-    for name in options:
-        if name in FROM_TRAINER:
-            hint = "resume with trainer.fit(..., ckpt_path=...) instead"
-            raise TypeError(f"TbhooksCallback sets {name} from the Lightning Trainer and LightningModule; {hint}")
-        if name not in OPTIONS:
-            raise TypeError(f"TbhooksCallback got an unexpected option {name!r}; it takes attach()'s: {OPTIONS}")
-    if logdir is not None and not isinstance(logdir, (str, Path)) and not hasattr(logdir, "__fspath__"):
-        raise TypeError(f"logdir expects a path (str or os.PathLike) or None, got {type(logdir).__name__}")
-    optimizer, flush_secs, hparams = options.get("optimizer"), options.get("flush_secs", 2.0), options.get("hparams")
-    check_run_options(torch.nn.Module(), optimizer, flush_secs=flush_secs, start=(0, 0), hparams=hparams)
-    check_output_option(options.get("output"))
-    check_class_names(options.get("class_names"))
-    # Plugin objects (misspelled hooks) and disable= names, without loading entry points.
-    plugins, disable = options.get("plugins", ()), options.get("disable", ())
-    make_plugin_manager(plugins=plugins, disable=disable, autoload=False, builtins=False)
 
 
 def step_loss(outputs: Any) -> torch.Tensor | None:
@@ -103,7 +85,7 @@ class TbhooksCallback(pl.Callback):  # type: ignore[misc,name-defined]
 
     def __init__(self, logdir: str | os.PathLike[str] | None = None, **options: Any) -> None:
         super().__init__()
-        check_options(logdir, options)
+        check_attach_options({"logdir": logdir, **options}, taken=FROM_TRAINER)
         self.logdir, self.options = logdir, options
         self.hooks: Hooks | None = None
         self.on_attach: list[Callable[[Hooks], None]] = []

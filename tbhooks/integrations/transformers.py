@@ -8,8 +8,6 @@ imports transformers; ``import tbhooks`` never imports it.
 
 from __future__ import annotations
 
-import inspect
-import os
 import socket
 import time
 import warnings
@@ -23,11 +21,10 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("tbhooks.integrations.transformers needs: pip install 'tbhooks[transformers]'") from exc
 
-from tbhooks.checks import check_class_names, check_output_option, check_run_options
+from tbhooks.checks import check_attach_options
 from tbhooks.errors import TbhooksWarning, Terminated
 from tbhooks.evaluation import select_output
 from tbhooks.hooks import Hooks
-from tbhooks.manager import make_plugin_manager
 from tbhooks.signals import resend_sigterm
 
 if TYPE_CHECKING:
@@ -36,10 +33,12 @@ if TYPE_CHECKING:
 
     from torch.utils.hooks import RemovableHandle
 
-FROM_TRAINER = ("model", "optimizer", "epochs", "start_step", "start_epoch")
-"""``attach`` options the callback takes from the HF Trainer itself."""
-OPTIONS = tuple(name for name in inspect.signature(Hooks.__init__).parameters if name not in ("self", *FROM_TRAINER))
-"""What ``TbhooksCallback(**options)`` accepts: ``logdir``, ``output`` and the other options of ``attach``."""
+FROM_TRAINER = {
+    name: f"TbhooksCallback takes {name} from the HF Trainer; leave it out"
+    for name in ("model", "optimizer", "epochs", "start_step", "start_epoch")
+}
+"""``attach`` options the callback takes from the HF Trainer itself -> the error refusing each; it accepts
+``logdir``, ``output`` and the other options of ``attach``."""
 EMPTY_EVAL = "tbhooks: the evaluation saw no batch"
 
 
@@ -70,19 +69,7 @@ class TbhooksCallback(TrainerCallback):
     """
 
     def __init__(self, **options: Any) -> None:
-        for name in options:
-            if name in FROM_TRAINER:
-                raise TypeError(f"TbhooksCallback takes {name} from the HF Trainer; leave it out")
-            if name not in OPTIONS:
-                raise TypeError(f"TbhooksCallback got an unexpected option {name!r}; it takes: {', '.join(OPTIONS)}")
-        logdir = options.get("logdir")
-        if logdir is not None and not isinstance(logdir, (str, os.PathLike)):
-            raise TypeError(f"logdir expects a path (str or os.PathLike) or None, got {type(logdir).__name__}")
-        flush_secs, hparams = options.get("flush_secs", 2.0), options.get("hparams")
-        check_run_options(torch.nn.Module(), None, flush_secs=flush_secs, start=(0, 0), hparams=hparams)
-        check_output_option(options.get("output"))
-        check_class_names(options.get("class_names"))
-        make_plugin_manager(plugins=options.get("plugins", ()), disable=options.get("disable", ()), autoload=False)
+        check_attach_options(options, taken=FROM_TRAINER)
         self.options = options
         self.hooks: Hooks | None = None
         """The run of the current (or last) ``train()``: ``hooks.step``, ``hooks.last_metrics``, ``hooks.faults``."""

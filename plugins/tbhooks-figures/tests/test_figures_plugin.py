@@ -220,6 +220,13 @@ def test_every_n_evals_and_class_indices_when_names_do_not_match(tmp_path, caplo
     assert len(notes) == 1
 
 
+def test_every_n_evals_counts_each_runs_evaluations(tmp_path):
+    plugin = Figures(every_n_evals=2)
+    for run in ("first", "second"):  # one evaluation each: the second run's is its 1st, not the 2nd overall
+        fit(tmp_path / run, epochs=1, plugin=plugin)
+        assert CONFUSION_TAG not in read_events(tmp_path / run).images, run
+
+
 def test_figures_are_drawn_in_the_render_worker_that_fit_start_preloaded(tmp_path, monkeypatch):
     # Every drawing the plugin asks for is wrapped so that the process that draws it records itself in
     # a file named after the tag; the plugin's own function still draws the image.

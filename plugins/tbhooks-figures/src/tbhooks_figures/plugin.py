@@ -117,8 +117,9 @@ class Figures:
 
     @hookimpl
     def on_fit_start(self, run: Run) -> None:
-        # The worker's imports (matplotlib) take a second or more: start it now, in
-        # parallel with training, not when the first evaluation wants a figure.
+        self._evals = 0  # every_n_evals counts the evaluations of each run
+        # The worker's imports (matplotlib) are slow: start it now, in parallel with training,
+        # not when the first evaluation wants a figure.
         run.start_render_worker("tbhooks_figures.render")
 
     @hookimpl
