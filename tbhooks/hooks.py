@@ -280,7 +280,6 @@ class Hooks:
             return
         try:
             self._capturer.close()
-            self.drain()
             self._host.hook.on_exception(run=self.run, step=self.step, epoch=self.epoch, exception=exc)
         finally:
             self.close()

@@ -193,8 +193,8 @@ def on_fit_end(run: Run, step: int, epoch: int, metrics: Mapping[str, float]) ->
 def on_exception(run: Run, step: int, epoch: int, exception: BaseException) -> None:
     """Fires once when the fit raises (an error, ``KeyboardInterrupt``, or SIGTERM as :class:`tbhooks.Terminated`).
 
-    It fires after the run's background work has finished; then the writer is flushed and closed, module
-    hooks removed, and the exception re-raised.
+    It fires at once (background work may still be running: Ctrl-C or SIGTERM wants a prompt end); then the
+    background work finishes, the writer is flushed and closed, module hooks removed, and the exception re-raised.
 
     :param step: the last global step reached.
     :param exception: the exception that ends the run.

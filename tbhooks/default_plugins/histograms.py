@@ -339,7 +339,7 @@ class Histograms:
 
     @hookimpl
     def on_exception(self, run: Run) -> None:
-        self._warn_nonfinite(run)
+        self._warn_nonfinite(run)  # what the background work has found so far: the run ends without waiting
 
     def _warn_nonfinite(self, run: Run) -> None:
         """Warn once per run about the first step with NaN/inf values, on the training thread (a warning
